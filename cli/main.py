@@ -1,0 +1,186 @@
+"""`maild`: the operator's command line (typer). One sub-app per noun.
+
+Expected faults are `MaildError`s; `_Group.invoke` turns each into one
+`Error: …` line on stderr with its exit code (1 user error, 2 usage or
+config), never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from maild import config as config_mod
+from maild.errors import ConfigError, MaildError, RejectError, TransientError
+from maild.storage.db import make_engine, upgrade
+
+EX_OK, EX_DATAERR, EX_TEMPFAIL = 0, os.EX_DATAERR, os.EX_TEMPFAIL
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MaildError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+def new_app(help: str) -> typer.Typer:
+    return typer.Typer(help=help, cls=_Group, rich_markup_mode=None, pretty_exceptions_enable=False,
+                       no_args_is_help=True, add_completion=False)
+
+
+app = new_app("maild: an email-driven helpdesk daemon.")
+db_app = new_app("Database migrations.")
+app.add_typer(db_app, name="db")
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="config.toml to use (else $MAILD_CONFIG, ./config.toml)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+@app.callback()
+def root(ctx: typer.Context, config: ConfigOpt = None,
+         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    ctx.obj = {"config": config, "verbose": verbose}
+
+
+def settings_from(ctx: typer.Context, need_secret: bool = True) -> config_mod.Settings:
+    root_ctx = ctx.find_root()
+    return config_mod.load((root_ctx.obj or {}).get("config"), need_secret=need_secret)
+
+
+def engine_from(settings: config_mod.Settings):
+    return make_engine(settings.database.url, settings.base_dir)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# -- init / db / serve / ingest -----------------------------------------------------
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Option("--dir", help="where to write config.toml")] = Path("."),
+) -> None:
+    """Write a starter config and secret (when missing) and create the database."""
+    from importlib import resources
+
+    root_cfg = (ctx.find_root().obj or {}).get("config")
+    path = Path(root_cfg) if root_cfg else directory / "config.toml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes((resources.files("maild.templates") / "config.toml").read_bytes())
+        typer.echo(f"wrote {path}")
+    settings = config_mod.load(path, need_secret=False)
+    if settings.security.secret_file:
+        secret = settings.path(settings.security.secret_file)
+        if not secret.exists():
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+            typer.echo(f"wrote {secret} (keep it private: it signs reply addresses)")
+    if settings.database.url.startswith("sqlite:///"):
+        settings.path(settings.database.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    upgrade(engine_from(settings))
+    typer.echo(f"database ready: {settings.database.url}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Migrate the database to the newest schema (Alembic)."""
+    settings = settings_from(ctx, need_secret=False)
+    upgrade(engine_from(settings))
+    typer.echo("database is at the newest migration")
+
+
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Run SMTP/LMTP, the processor and the outbox sender until SIGTERM."""
+    from maild.daemon import Daemon
+
+    settings = settings_from(ctx)
+    setup_logging((ctx.find_root().obj or {}).get("verbose", False))
+    asyncio.run(Daemon(settings, engine_from(settings)).serve_forever())
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="the message file, or - for standard input")] = "-",
+    recipient: Annotated[list[str] | None, typer.Option("--recipient", help="envelope recipient (repeatable)")] = None,
+    sender: Annotated[str, typer.Option("--sender", help="envelope sender")] = "",
+) -> None:
+    """Take one message from a file or stdin (for an MTA pipe). Exit 0 stored, 75 retry later, 65 never."""
+    from maild.storage.inbox import inbox_row, store_now
+
+    try:
+        settings = settings_from(ctx)
+        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+        if len(raw) > settings.limits.max_message_bytes:
+            raise RejectError(f"message of {len(raw)} bytes is over limits.max_message_bytes "
+                              f"({settings.limits.max_message_bytes})")
+        head = raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+        if not raw.strip() or b":" not in head.split(b"\n", 1)[0]:
+            raise RejectError("input is not an e-mail message (no header block)")
+        rcpts = recipient or [settings.mail.support_address]
+        store_now(engine_from(settings), [inbox_row(raw, "pipe", "" if sender == "<>" else sender, rcpts)])
+    except RejectError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(EX_DATAERR) from None
+    except FileNotFoundError:
+        typer.echo(f"Error: no such file: {file}", err=True)
+        raise typer.Exit(EX_DATAERR) from None
+    except (TransientError, ConfigError) as exc:
+        # The MTA keeps the message and retries: a broken config must not bounce mail.
+        typer.echo(f"Error: {exc} (the MTA will retry)", err=True)
+        raise typer.Exit(EX_TEMPFAIL) from None
+
+
+def _register() -> None:
+    from maild.cli import dkim as dkim_cli
+    from maild.cli import queues, staff, tickets
+
+    app.add_typer(tickets.app, name="tickets")
+    app.add_typer(staff.app, name="staff")
+    app.add_typer(queues.inbox_app, name="inbox")
+    app.add_typer(queues.outbox_app, name="outbox")
+    app.add_typer(dkim_cli.app, name="dkim")
+
+
+_register()
+
+
+def normalize_args(args: list[str]) -> list[str]:
+    """Accept --config after the command too (SPEC §8): move it to the front."""
+    out, front, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            front += [arg, args[i + 1]]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            front.append(arg)
+        else:
+            out.append(arg)
+        i += 1
+    return front + out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = normalize_args(list(sys.argv[1:] if argv is None else argv))
+    app(args=args, prog_name="maild")

@@ -1,0 +1,150 @@
+"""The daemon: receivers, processor and sender as tasks of one event loop.
+
+`Daemon` is used by `maild serve` and, as an async context manager, by the
+tests (which read back the bound port). SIGTERM: stop taking mail, finish
+what is in flight, flush the outbox for a grace period, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import Engine
+
+from maild import smtp
+from maild.auth import DnsFunc
+from maild.config import Settings
+from maild.process import Processor
+from maild.render import Renderer
+from maild.sender import Sender
+from maild.storage import repo
+from maild.storage.db import check_current, transaction
+from maild.storage.inbox import InboxWriter
+from maild.storage.models import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        *,
+        smtp_port: int | None = None,
+        dnsfunc: DnsFunc | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+        grace_seconds: float = 10.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.clock = clock
+        self.grace_seconds = grace_seconds
+        self.poll_seconds = poll_seconds
+        self._smtp_port_override = smtp_port
+        self.processor = Processor(settings, engine, Renderer(), dnsfunc=dnsfunc, clock=clock)
+        self.sender: Sender | None = None
+        self.writer: InboxWriter | None = None
+        self.smtp_port: int | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._server: asyncio.base_events.Server | None = None
+        self._handler: smtp.Handler | None = None
+        self._work = asyncio.Event()
+        self._stopping = False
+        self._proc_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maild-process")
+
+    # -- life-cycle -------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, check_current, self.engine)
+        recovered = await loop.run_in_executor(None, self._recover)
+        if recovered:
+            log.info("recovered %d inbox message(s) left in processing by a previous run", recovered)
+        self.sender = Sender(self.settings, self.engine, clock=self.clock)
+        self.writer = InboxWriter(self.engine, on_commit=self._work.set)
+        self._tasks = [
+            asyncio.create_task(self.writer.run(), name="inbox-writer"),
+            asyncio.create_task(self._process_loop(), name="processor"),
+            asyncio.create_task(self.sender.run(idle_seconds=self.poll_seconds), name="sender"),
+        ]
+        self._server, self._handler = await smtp.start(self.settings, self.writer, port=self._smtp_port_override)
+        self.smtp_port = self._server.sockets[0].getsockname()[1]
+        log.info("listening for %s on %s:%s", "LMTP" if self.settings.smtp.lmtp else "SMTP",
+                 self._server.sockets[0].getsockname()[0], self.smtp_port)
+
+    def _recover(self) -> int:
+        with transaction(self.engine) as session:
+            return repo.recover_stale(session)
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._handler is not None:
+            self._handler.accepting = False
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        # Let transactions already in DATA reach the writer, then drain the inbox.
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_seconds
+        while loop.time() < deadline and await loop.run_in_executor(self._proc_executor, self.processor.run_batch):
+            pass
+        if self.sender is not None:
+            with contextlib.suppress(Exception):
+                while loop.time() < deadline and await asyncio.wait_for(
+                    self.sender.send_due(), max(0.1, deadline - loop.time())
+                ):
+                    pass
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._proc_executor.shutdown(wait=True)
+
+    async def __aenter__(self) -> Daemon:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await self.start()
+        try:
+            await done.wait()
+            log.info("signal received: stopping (grace %.0fs)", self.grace_seconds)
+        finally:
+            await self.stop()
+
+    # -- the processor task ------------------------------------------------------
+    async def _process_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                taken = await loop.run_in_executor(self._proc_executor, self.processor.run_batch)
+            except Exception:
+                log.exception("processing batch failed; retrying")
+                taken = 0
+                await asyncio.sleep(self.poll_seconds)
+            if taken:
+                assert self.sender is not None
+                self.sender.wake.set()
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), self.poll_seconds)
+            self._work.clear()

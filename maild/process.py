@@ -1,0 +1,354 @@
+"""Process: inbox rows in, tickets + outbox rows out, one transaction per batch.
+
+This is the synchronous worker the daemon runs in a thread: claim new inbox
+rows, then for each one parse → thread → decide → apply inside a SAVEPOINT,
+so a message that fails rolls back alone, is counted and retried, and after
+`limits.max_attempts` is quarantined (SPEC §6), never dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from maild import addresses
+from maild.auth import DnsFunc, authenticate
+from maild.compose import Attachment as OutAttachment
+from maild.compose import compose, new_message_id, parsed_reference_chain, tagged_subject
+from maild.config import Settings
+from maild.decide import STATE_LABELS, Change, Decision, Envelope, NewTicket, Notify, TicketView, decide
+from maild.errors import RejectError
+from maild.parse import Parsed, parse
+from maild.render import Renderer
+from maild.storage import repo
+from maild.storage.db import transaction
+from maild.storage.models import Attachment, InboxItem, Journal, Message, OutboxItem, Ticket, utcnow
+from maild.strip import strip_reply
+from maild.thread import Candidates, TaggedTicket, addressed_to, tagged_ticket_id, thread
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("state", "category", "subcategory", "assignee", "priority", "language")
+
+
+@dataclass
+class Counters:
+    processed: int = 0
+    opened: int = 0
+    ignored: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    forged_staff: int = 0
+    notices: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Processor:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        renderer: Renderer | None = None,
+        *,
+        dnsfunc: DnsFunc | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.renderer = renderer or Renderer()
+        self.dnsfunc = dnsfunc
+        self.clock = clock
+        self.counters = Counters()
+
+    # -- the queue ------------------------------------------------------------
+    def run_batch(self, limit: int = 64) -> int:
+        """Process up to `limit` new inbox rows; returns how many were taken."""
+        with transaction(self.engine) as session:
+            ids = [i.id for i in repo.claim_inbox(session, limit, self.settings.limits.max_attempts)]
+        if not ids:
+            return 0
+        with transaction(self.engine) as session:
+            for item_id in ids:
+                item = session.get(InboxItem, item_id)
+                assert item is not None
+                try:
+                    with session.begin_nested():
+                        self.process(session, item)
+                except Exception as exc:
+                    self._failed(session, item, exc)
+                session.add(item)
+        return len(ids)
+
+    def _failed(self, session: Session, item: InboxItem, exc: Exception) -> None:
+        item.attempts += 1
+        item.error = f"{type(exc).__name__}: {exc}"[:2000]
+        permanent = isinstance(exc, RejectError)
+        if permanent or item.attempts >= self.settings.limits.max_attempts:
+            item.state = "quarantined"
+            self.counters.quarantined += 1
+            log.error("inbox %s quarantined after %d attempt(s): %s", item.id, item.attempts, item.error)
+        else:
+            item.state = "new"
+            self.counters.failed += 1
+            log.warning("inbox %s failed (attempt %d), will retry: %s", item.id, item.attempts, item.error)
+        if not permanent:
+            log.debug("inbox %s failure", item.id, exc_info=exc)
+
+    # -- one message ------------------------------------------------------------
+    def process(self, session: Session, item: InboxItem) -> None:
+        settings = self.settings
+        parsed = parse(item.raw)
+        now = self.clock()
+        item.processed_at = now
+        if repo.inbound_exists(session, parsed.message_id):
+            item.state, item.error = "done", "duplicate: this Message-ID is already stored"
+            return
+
+        envelope = Envelope(item.mail_from, tuple(item.rcpt_tos), item.channel)
+        sender_is_staff = False
+        if parsed.from_addr and repo.active_staff(session, parsed.from_addr) is not None:
+            verdict = authenticate(settings, parsed, self.dnsfunc)
+            sender_is_staff = verdict.ok
+            if not verdict.ok:
+                self.counters.forged_staff += 1
+                log.warning(
+                    "message %s claims staff From %s but fails authentication (%s): treated as a requester's",
+                    parsed.message_id, parsed.from_addr, verdict.reason,
+                )
+
+        tagged_id = tagged_ticket_id(settings, parsed.subject)
+        tagged = None
+        if tagged_id is not None:
+            t = session.get(Ticket, tagged_id)
+            if t is not None:
+                requester = self._requester(session, t)
+                tagged = TaggedTicket(t.id, requester, frozenset(repo.watchers(session, t.id)))
+        cand = Candidates(repo.tickets_for_message_ids(session, parsed.thread_ids), tagged, sender_is_staff)
+        th = thread(settings, parsed, item.rcpt_tos, cand)
+        ticket = session.get(Ticket, th.ticket_id) if th.ticket_id is not None else None
+
+        category = None
+        for addr in addressed_to(parsed, item.rcpt_tos):
+            local = addresses.classify(settings, addr)
+            if local is not None and local.kind == "category":
+                category = local.category
+                break
+
+        view = self._view(session, ticket) if ticket is not None else None
+        decision = decide(
+            settings, parsed, envelope, th, view, category=category, sender_is_staff=sender_is_staff, now=now
+        )
+        self.apply(session, item, parsed, decision, now)
+
+    def _requester(self, session: Session, ticket: Ticket) -> str:
+        from maild.storage.models import Contact
+
+        c = session.get(Contact, ticket.requester_id)
+        return c.address if c else ""
+
+    def _view(self, session: Session, t: Ticket) -> TicketView:
+        entered = any(
+            ch.get("field") == "state" and ch.get("new") == "en_curso"
+            for j in repo.ticket_journal(session, t.id)
+            for ch in j.changes
+        )
+        return TicketView(
+            id=t.id, state=t.state, category=t.category, subcategory=t.subcategory, assignee=t.assignee,
+            priority=t.priority, language=t.language, requester=self._requester(session, t), subject=t.subject,
+            watchers=frozenset(repo.watchers(session, t.id)), closed_at=t.closed_at, entered_en_curso=entered,
+        )
+
+    # -- apply ------------------------------------------------------------------
+    def apply(self, session: Session, item: InboxItem, parsed: Parsed, d: Decision, now: dt.datetime) -> None:
+        if d.verb == "ignore":
+            item.state, item.error = "ignored", d.reason
+            self.counters.ignored += 1
+            log.info("message %s ignored: %s", parsed.message_id, d.reason)
+            return
+
+        if d.verb == "open":
+            assert d.new_ticket is not None
+            ticket = self._open(session, parsed, d.new_ticket, now)
+        else:
+            ticket = session.get(Ticket, d.ticket_id)
+            assert ticket is not None
+
+        text = parsed.text if d.verb == "open" else strip_reply(parsed.text, ticket.language)
+        message = Message(
+            ticket_id=ticket.id, message_id=parsed.message_id or new_message_id(self.settings),
+            direction="in", kind=d.kind, from_addr=parsed.from_addr, to_addrs=list(parsed.to),
+            subject=parsed.subject, text=text, html=parsed.html, raw=parsed.raw, inbox_id=item.id,
+            created_at=now,
+        )
+        session.add(message)
+        session.flush()
+        dropped = self._attachments(session, message, parsed)
+
+        self._change(session, ticket, d.changes, d.author or parsed.from_addr, d.note, now)
+        if dropped:
+            session.add(Journal(ticket_id=ticket.id, at=now, author="maild",
+                                note="Adjuntos descartados por tamaño: " + ", ".join(dropped)))
+        if d.kind in ("requester",) and "automatic" not in d.flags:
+            ticket.last_inbound_message_id = message.message_id
+            ticket.references = list(parsed_reference_chain(parsed))[-20:]
+        if d.kind == "staff" and ticket.first_response_at is None:
+            ticket.first_response_at = now
+        ticket.updated_at = now
+        session.add(ticket)
+        session.flush()
+
+        for notify in d.notify:
+            self._notify(session, ticket, notify, message, dropped, d, now)
+
+        item.state, item.ticket_id, item.error = "done", ticket.id, ""
+        self.counters.processed += 1
+
+    def _open(self, session: Session, parsed: Parsed, new: NewTicket, now: dt.datetime) -> Ticket:
+        requester = repo.contact(session, parsed.from_addr, parsed.from_name)
+        if not requester.language:
+            requester.language = new.language
+        ticket = Ticket(
+            subject=new.subject, state="nueva", category=new.category, subcategory=new.subcategory,
+            assignee=new.assignee, priority="normal", language=requester.language or new.language,
+            requester_id=requester.id, previous_ticket_id=new.previous_ticket_id, created_at=now, updated_at=now,
+        )
+        session.add(ticket)
+        session.flush()
+        note = "Consulta recibida"
+        if new.previous_ticket_id:
+            note += f"; continúa la consulta {new.previous_ticket_id}"
+        changes = [
+            {"field": f, "old": None, "new": getattr(ticket, f)} for f in FIELDS
+        ]
+        session.add(Journal(ticket_id=ticket.id, at=now, author=parsed.from_addr, changes=changes, note=note))
+        self.counters.opened += 1
+        log.info("ticket %s opened from %s (message %s)", ticket.id, parsed.from_addr, parsed.message_id)
+        return ticket
+
+    def _change(self, session: Session, ticket: Ticket, changes: tuple[Change, ...], author: str, note: str,
+                now: dt.datetime) -> None:
+        applied = []
+        for ch in changes:
+            old = getattr(ticket, ch.field)
+            if old == ch.new:
+                continue
+            setattr(ticket, ch.field, ch.new)
+            applied.append({"field": ch.field, "old": old, "new": ch.new})
+            if ch.field == "state":
+                ticket.closed_at = now if ch.new == "cerrada" else None
+        if applied or note:
+            session.add(Journal(ticket_id=ticket.id, at=now, author=author, changes=applied, note=note))
+
+    def _attachments(self, session: Session, message: Message, parsed: Parsed) -> list[str]:
+        dropped = []
+        limit = self.settings.limits.max_attachment_bytes
+        for att in parsed.attachments:
+            name = safe_filename(att.filename)
+            if len(att.data) > limit:
+                dropped.append(name)
+                session.add(Attachment(message_id=message.id, filename=name, content_type=att.content_type,
+                                       size=len(att.data), dropped=f"larger than {limit} bytes"))
+                continue
+            repo.store_blob(session, att.sha256, att.data)
+            session.add(Attachment(message_id=message.id, filename=name, content_type=att.content_type,
+                                   size=len(att.data), sha256=att.sha256))
+        return dropped
+
+    # -- notices ----------------------------------------------------------------
+    def _recipients(self, session: Session, ticket: Ticket, audience: str) -> list[str]:
+        if audience == "group":
+            group = self.settings.group(ticket.assignee)
+            if group is not None and group.address:
+                return [group.address]
+            return repo.group_members(session, ticket.assignee)
+        people = [self._requester(session, ticket), *repo.watchers(session, ticket.id)]
+        out = []
+        for addr in people:
+            if not addr or addr in out or addresses.never_send_to(addr) or addresses.is_own(self.settings, addr):
+                continue
+            contact = repo.contact(session, addr)
+            if contact.bounce == "permanent":
+                log.info("ticket %s: no mail to %s, it bounces permanently", ticket.id, addr)
+                continue
+            out.append(addr)
+        return out
+
+    def _notify(self, session: Session, ticket: Ticket, notify: Notify, source: Message, dropped: list[str],
+                d: Decision, now: dt.datetime) -> None:
+        settings = self.settings
+        recipients = self._recipients(session, ticket, notify.audience)
+        if not recipients:
+            session.add(Journal(ticket_id=ticket.id, at=now, author="maild",
+                                note=f"Aviso '{notify.template}' sin destinatarios"))
+            return
+        lang = ticket.language if notify.audience != "group" else settings.tickets.default_language
+        cat = settings.category(ticket.category)
+        group = settings.group(ticket.assignee)
+        group_name = group.shown_name if group else ticket.assignee
+        stored = repo.ticket_messages(session, ticket.id) if notify.audience == "group" else []
+        att_names = [a.filename for m in stored if m.id == source.id
+                     for a in session.exec(select(Attachment).where(Attachment.message_id == m.id))]
+        context = dict(
+            ticket=ticket, state=STATE_LABELS[ticket.state][lang], category=f"{cat.code}. {cat.name.get(lang)}"
+            if cat else ticket.category, subcategory=ticket.subcategory, group=group_name,
+            requester=self._requester(session, ticket), sender=source.from_addr, text=source.text,
+            previous_ticket_id=ticket.previous_ticket_id, dropped=dropped, reopen_days=settings.tickets.reopen_days,
+            note=d.note, attachments=att_names, support_address=settings.mail.support_address,
+        )
+        subject, body = self.renderer.mail(notify.template, lang, **context)
+        subject = tagged_subject(settings, ticket.id, subject)
+
+        kind = "notice"
+        if notify.template == "answer":
+            from_name, from_addr, auto = group_name, settings.mail.support_address, None
+            kind = "staff"
+        elif notify.audience == "group":
+            from_name, from_addr, auto = f"{source.from_addr} ({settings.tickets.subject_tag} #{ticket.id})", \
+                settings.mail.noreply_address, "auto-generated"
+        else:
+            from_name, from_addr, auto = group_name, settings.mail.noreply_address, "auto-replied"
+
+        files: tuple[OutAttachment, ...] = ()
+        if notify.template in ("answer", "group_new", "group_reply"):
+            files = self._outgoing_files(session, source)
+        message_id = new_message_id(settings)
+        reply_to = addresses.reply_address(settings, ticket.id)
+        in_reply_to = source.message_id if notify.audience == "group" else ticket.last_inbound_message_id
+        refs = tuple(ticket.references)
+        for rcpt in recipients:
+            raw = compose(
+                from_name=from_name, from_addr=from_addr, to=rcpt, subject=subject, body=body,
+                message_id=message_id, reply_to=reply_to, in_reply_to=in_reply_to, references=refs,
+                auto_submitted=auto, language=lang, attachments=files,
+                extra={"X-Maild-Ticket": str(ticket.id), "X-Maild-Notice": notify.template},
+            )
+            session.add(OutboxItem(ticket_id=ticket.id, kind=notify.template, recipient=rcpt,
+                                   message_id=message_id, raw=raw, created_at=now, next_attempt_at=now))
+        session.add(Message(
+            ticket_id=ticket.id, message_id=message_id, direction="out", kind=kind, from_addr=from_addr,
+            to_addrs=recipients, subject=subject, text=body, template=notify.template, created_at=now,
+        ))
+        self.counters.notices += 1
+
+    def _outgoing_files(self, session: Session, source: Message) -> tuple[OutAttachment, ...]:
+        from maild.storage.models import Blob
+
+        files = []
+        for att in session.exec(select(Attachment).where(Attachment.message_id == source.id)):
+            if att.sha256:
+                blob = session.get(Blob, att.sha256)
+                if blob is not None:
+                    files.append(OutAttachment(att.filename, att.content_type, blob.data))
+        return tuple(files)
+
+
+def safe_filename(name: str) -> str:
+    """A display name for an attachment: no path, no control characters, bounded length."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*').strip(" .")
+    return (name or "attachment")[:120]

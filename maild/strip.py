@@ -1,0 +1,57 @@
+"""Strip quoted history and signatures from a reply, for the journal (the original is kept).
+
+mail-parser-reply does the work. It has no Portuguese and its Spanish
+"escribió:" header needs two spaces before the verb, so Gmail's
+"El lun, 2 mar 2026 a las 10:00, Ana (<ana@x>) escribió:" slips through;
+both are registered here, in the library's own table, once at import.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailparser_reply import EmailReplyParser
+from mailparser_reply.constants import MAIL_LANGUAGES, QUOTED_MATCH_INCLUDE
+
+_Q = QUOTED_MATCH_INCLUDE
+
+MAIL_LANGUAGES["pt"] = {
+    # Gmail / Apple Mail: "Em seg., 2 de mar. de 2026 às 10:00, Ana <ana@x> escreveu:"
+    "wrote_header": r"^(" + _Q + r"(?:Em|No dia)\s.+?\sescreveu:)$",
+    # Outlook: "De: … / Enviado: … / Para: … / Assunto: …" (pt-PT and pt-BR words)
+    "from_header": r"((?:(?:^|\n|\n" + _Q + r")[* ]*(?:De|Enviado|Enviada|Para|Assunto|Data|Cc|Organização):"
+                   r"[ *]*(?:\s{,2}).*){2,}(?:\n.*){,1})",
+    "disclaimers": ["Aviso:", "Confidencialidade:", "Aviso de confidencialidade:", "Advertência:"],
+    "signatures": ["Cumprimentos,", "Melhores cumprimentos,", "Atenciosamente,", "Obrigado,", "Obrigada,",
+                   "Com os melhores cumprimentos,", "Abraço,"],
+    "sent_from": r"Enviado do meu.*|Enviado a partir do.*|Obter o Outlook para.*",
+}
+
+_es = dict(MAIL_LANGUAGES["es"])
+_es["wrote_header"] = r"^(" + _Q + r"El\s.+?\s?escribió:)$"
+_es["from_header"] = (r"((?:(?:^|\n|\n" + _Q + r")[* ]*(?:De|Enviado el|Enviado|Para|Asunto|Fecha|CC|Organización):"
+                      r"[ *]*(?:\s{,2}).*){2,}(?:\n.*){,1})")
+MAIL_LANGUAGES["es"] = _es
+
+_PARSERS: dict[str, EmailReplyParser] = {}
+
+
+def strip_reply(text: str, language: str = "es") -> str:
+    """The new text of a reply: what comes before the first quoted header, signature removed."""
+    if not text.strip():
+        return ""
+    langs = [lang for lang in (language, "es", "pt", "en") if lang in MAIL_LANGUAGES]
+    key = ",".join(dict.fromkeys(langs))
+    parser = _PARSERS.get(key)
+    if parser is None:
+        parser = _PARSERS[key] = EmailReplyParser(languages=list(dict.fromkeys(langs)))
+    try:
+        reply = parser.read(text).replies[0]
+    except (IndexError, re.error):
+        return text.strip()
+    body = reply.body.strip()
+    # A top-posted reply whose quote starts with plain '>' lines: drop them too.
+    lines = body.splitlines()
+    while lines and lines[-1].lstrip().startswith(">"):
+        lines.pop()
+    return "\n".join(lines).strip() or text.strip()

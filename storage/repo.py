@@ -1,0 +1,175 @@
+"""Repository: the queries maild runs, in one place, on a caller's session."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Connection, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from maild.storage.models import (
+    Blob,
+    Contact,
+    InboxItem,
+    Journal,
+    Message,
+    OutboxItem,
+    Staff,
+    Ticket,
+    Watcher,
+    utcnow,
+)
+
+# -- inbox -----------------------------------------------------------------
+
+
+def insert_inbox(conn: Connection, rows: Sequence[dict]) -> None:
+    """Insert received messages; one already there (same dedup key) is kept once (SPEC §3)."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(InboxItem.__table__).on_conflict_do_nothing(index_elements=["dedup_key"])
+    conn.execute(stmt, list(rows))
+
+
+def claim_inbox(session: Session, limit: int, max_attempts: int) -> list[InboxItem]:
+    """Take up to `limit` new rows for this process (SKIP LOCKED lets several instances share the queue)."""
+    stmt = (
+        select(InboxItem)
+        .where(InboxItem.state == "new", InboxItem.attempts < max_attempts)
+        .order_by(col(InboxItem.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    items = list(session.exec(stmt))
+    now = utcnow()
+    for item in items:
+        item.state = "processing"
+        item.claimed_at = now
+        session.add(item)
+    return items
+
+
+def recover_stale(session: Session, older_than: dt.timedelta = dt.timedelta(0)) -> int:
+    """Rows left 'processing' by a crash go back to 'new' (restart recovery)."""
+    cutoff = utcnow() - older_than
+    result = session.execute(
+        update(InboxItem)
+        .where(col(InboxItem.state) == "processing", col(InboxItem.claimed_at) <= cutoff)
+        .values(state="new")
+    )
+    return result.rowcount or 0
+
+
+def pending_inbox_count(session: Session) -> int:
+    return session.exec(select(func.count()).select_from(InboxItem).where(InboxItem.state == "new")).one()
+
+
+# -- threading candidates ---------------------------------------------------
+
+
+def tickets_for_message_ids(session: Session, ids: Iterable[str]) -> dict[str, int]:
+    ids = [i for i in ids if i]
+    if not ids:
+        return {}
+    rows = session.exec(select(Message.message_id, Message.ticket_id).where(col(Message.message_id).in_(ids)))
+    return {mid: tid for mid, tid in rows}
+
+
+def inbound_exists(session: Session, message_id: str) -> bool:
+    if not message_id:
+        return False
+    stmt = select(Message.id).where(Message.message_id == message_id, Message.direction == "in").limit(1)
+    return session.exec(stmt).first() is not None
+
+
+def watchers(session: Session, ticket_id: int) -> list[str]:
+    return list(session.exec(select(Watcher.address).where(Watcher.ticket_id == ticket_id).order_by(Watcher.address)))
+
+
+# -- people ----------------------------------------------------------------
+
+
+def contact(session: Session, address: str, name: str = "") -> Contact:
+    found = session.exec(select(Contact).where(Contact.address == address)).first()
+    if found is None:
+        found = Contact(address=address, name=name)
+        session.add(found)
+        session.flush()
+    elif name and not found.name:
+        found.name = name
+    return found
+
+
+def active_staff(session: Session, address: str) -> Staff | None:
+    return session.exec(select(Staff).where(Staff.address == address, Staff.active == True)).first()  # noqa: E712
+
+
+def group_members(session: Session, group: str) -> list[str]:
+    from maild.config import fold
+
+    rows = session.exec(select(Staff).where(Staff.active == True).order_by(Staff.address))  # noqa: E712
+    return [s.address for s in rows if fold(s.group) == fold(group)]
+
+
+# -- attachments -----------------------------------------------------------
+
+
+def store_blob(session: Session, sha256: str, data: bytes) -> None:
+    if session.get(Blob, sha256) is None:
+        session.add(Blob(sha256=sha256, size=len(data), data=data))
+
+
+# -- outbox ----------------------------------------------------------------
+
+
+def due_outbox(session: Session, limit: int, now: dt.datetime) -> list[OutboxItem]:
+    stmt = (
+        select(OutboxItem)
+        .where(OutboxItem.state == "queued", OutboxItem.next_attempt_at <= now)
+        .order_by(col(OutboxItem.next_attempt_at), col(OutboxItem.id))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.exec(stmt))
+
+
+def next_outbox_due(session: Session) -> dt.datetime | None:
+    return session.exec(select(func.min(OutboxItem.next_attempt_at)).where(OutboxItem.state == "queued")).one()
+
+
+# -- listings --------------------------------------------------------------
+
+
+def list_tickets(
+    session: Session,
+    *,
+    state: str | None = None,
+    category: str | None = None,
+    closed_since: dt.datetime | None = None,
+    requester: str | None = None,
+    assignee: str | None = None,
+    limit: int = 1000,
+) -> list[Ticket]:
+    stmt = select(Ticket).order_by(col(Ticket.id).desc()).limit(limit)
+    if state:
+        stmt = stmt.where(Ticket.state == state)
+    if category:
+        stmt = stmt.where(Ticket.category == category)
+    if closed_since:
+        stmt = stmt.where(Ticket.closed_at != None, col(Ticket.closed_at) >= closed_since)  # noqa: E711
+    if requester:
+        stmt = stmt.join(Contact, Contact.id == Ticket.requester_id).where(Contact.address == requester.lower())
+    if assignee:
+        stmt = stmt.where(or_(Ticket.assignee == assignee))
+    return list(session.exec(stmt))
+
+
+def ticket_messages(session: Session, ticket_id: int) -> list[Message]:
+    return list(session.exec(select(Message).where(Message.ticket_id == ticket_id).order_by(col(Message.id))))
+
+
+def ticket_journal(session: Session, ticket_id: int) -> list[Journal]:
+    return list(session.exec(select(Journal).where(Journal.ticket_id == ticket_id).order_by(col(Journal.id))))
