@@ -29,9 +29,12 @@ def new_message_id(settings: Settings) -> str:
 
 
 def tagged_subject(settings: Settings, ticket_id: int, subject: str) -> str:
+    """The subject with this ticket's tag, and no other ticket's (a stranger may have typed one)."""
+    pattern = subject_tag_pattern(settings.tickets.subject_tag)
     subject = one_line(subject)
-    if subject_tag_pattern(settings.tickets.subject_tag).search(subject):
+    if any(int(m.group(1)) == ticket_id for m in pattern.finditer(subject)):
         return subject
+    subject = one_line(pattern.sub("", subject))
     return f"[{settings.tickets.subject_tag} #{ticket_id}] {subject}".strip()
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from maild.addresses import is_own
 from maild.config import Settings
 from maild.parse import Parsed, detect_language
-from maild.thread import Thread
+from maild.thread import Thread, subject_tag_pattern
 
 STATES = ("nueva", "en_curso", "cerrada")
 PRIORITIES = ("baja", "normal", "alta", "urgente")
@@ -103,6 +103,12 @@ def automatic_reason(settings: Settings, parsed: Parsed, envelope: Envelope) -> 
     return ""
 
 
+def clean_subject(settings: Settings, subject: str) -> str:
+    """A new ticket's subject: without another ticket's tag, bounded."""
+    subject = " ".join(subject_tag_pattern(settings.tickets.subject_tag).sub("", subject).split())
+    return subject[:250] or "(sin asunto)"
+
+
 def new_ticket_for(settings: Settings, parsed: Parsed, category: str | None, previous: int | None = None) -> NewTicket:
     cat = settings.category(category or "") or settings.category(settings.tickets.default_category)
     assert cat is not None, "config validation guarantees the default category exists"
@@ -111,7 +117,7 @@ def new_ticket_for(settings: Settings, parsed: Parsed, category: str | None, pre
         subcategory=cat.other.name.es,
         assignee=cat.group,
         language=detect_language(parsed.text, parsed.content_language, settings.tickets.default_language),
-        subject=parsed.subject[:250] or "(sin asunto)",
+        subject=clean_subject(settings, parsed.subject),
         previous_ticket_id=previous,
     )
 
