@@ -1,0 +1,40 @@
+# maild: `make run` starts a demo daemon, `make test` runs the whole suite.
+# Both create the Python environment (.venv) first; `make test` also installs
+# and starts what the tests need.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: env run test lint bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The demo: config.toml on SQLite under var/, notices printed by a local
+# debugging smarthost on 127.0.0.1:2526, consultas taken on 127.0.0.1:2525.
+run: env
+	$(BIN)/maild --config config.toml init
+	@echo "maild: SMTP on 127.0.0.1:2525; outgoing mail is printed below (smarthost 127.0.0.1:2526)"
+	@$(BIN)/python -m aiosmtpd -n -l 127.0.0.1:2526 -c aiosmtpd.handlers.Debugging & \
+	  sink=$$!; trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
+	  $(BIN)/maild --config config.toml serve
+
+test: env
+	$(BIN)/ruff check maild storage cli tests bench
+	$(BIN)/pytest -q
+
+lint: env
+	$(BIN)/ruff check maild storage cli tests bench
+
+bench: env
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) var build dist *.egg-info

@@ -1,0 +1,3 @@
+from maild.cli.main import main
+
+main()
