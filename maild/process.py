@@ -76,13 +76,17 @@ class Processor:
             for item_id in ids:
                 item = session.get(InboxItem, item_id)
                 assert item is not None
-                try:
-                    with session.begin_nested():
-                        self.process(session, item)
-                except Exception as exc:
-                    self._failed(session, item, exc)
-                session.add(item)
+                if item.state == "processing":  # not already taken as an overtaken parent
+                    self._process_guarded(session, item)
         return len(ids)
+
+    def _process_guarded(self, session: Session, item: InboxItem) -> None:
+        try:
+            with session.begin_nested():
+                self.process(session, item)
+        except Exception as exc:
+            self._failed(session, item, exc)
+        session.add(item)
 
     def _failed(self, session: Session, item: InboxItem, exc: Exception) -> None:
         item.attempts += 1
@@ -128,7 +132,17 @@ class Processor:
             if t is not None:
                 requester = self._requester(session, t)
                 tagged = TaggedTicket(t.id, requester, frozenset(repo.watchers(session, t.id)))
-        cand = Candidates(repo.tickets_for_message_ids(session, parsed.thread_ids), tagged, sender_is_staff)
+        known = repo.tickets_for_message_ids(session, parsed.thread_ids)
+        if parsed.thread_ids and not known:
+            # Over parallel connections a reply can be committed before the message it
+            # answers: process that parent first, so the reply threads instead of splitting.
+            parents = repo.unprocessed_parents(session, parsed.thread_ids, item.id)
+            for parent in parents:
+                parent.state = "processing"
+                self._process_guarded(session, parent)
+            if parents:
+                known = repo.tickets_for_message_ids(session, parsed.thread_ids)
+        cand = Candidates(known, tagged, sender_is_staff)
         th = thread(settings, parsed, item.rcpt_tos, cand)
         ticket = session.get(Ticket, th.ticket_id) if th.ticket_id is not None else None
 

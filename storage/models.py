@@ -117,7 +117,7 @@ class InboxItem(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     dedup_key: str
-    message_id: str = ""
+    message_id: str = Field(default="", index=True)
     channel: str  # smtp | lmtp | imap | pipe
     mail_from: str = ""
     rcpt_tos: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

@@ -63,6 +63,20 @@ def recover_stale(session: Session, older_than: dt.timedelta = dt.timedelta(0)) 
     return result.rowcount or 0
 
 
+def unprocessed_parents(session: Session, message_ids: Iterable[str], exclude_id: int) -> list[InboxItem]:
+    """Inbox rows still 'new' that carry one of these Message-IDs (a reply overtook its parent)."""
+    ids = [i for i in message_ids if i]
+    if not ids:
+        return []
+    stmt = (
+        select(InboxItem)
+        .where(col(InboxItem.message_id).in_(ids), InboxItem.state == "new", InboxItem.id != exclude_id)
+        .order_by(col(InboxItem.id))
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.exec(stmt))
+
+
 def pending_inbox_count(session: Session) -> int:
     return session.exec(select(func.count()).select_from(InboxItem).where(InboxItem.state == "new")).one()
 

@@ -187,3 +187,25 @@ def test_ingest_exit_codes(tmp_path, db_url):
     # a missing config must not bounce mail either
     r = _maild(["ingest", "-"], tmp_path / "missing.toml", raw)
     assert r.returncode == 75
+
+
+def test_reply_committed_before_its_parent_still_threads(settings, engine):
+    from maild.process import Processor
+
+    parent = make_mail(message_id="parent@cliente.es")
+    child = make_mail(message_id="child@cliente.es", in_reply_to="<parent@cliente.es>",
+                      references="<parent@cliente.es>", subject="Re: Problema")
+    store_now(engine, [inbox_row(child, "smtp", "ana@cliente.es", ["consultas@example.org"])])
+    store_now(engine, [inbox_row(parent, "smtp", "ana@cliente.es", ["consultas@example.org"])])
+    Processor(settings, engine).run_batch()
+    assert _states(engine) == ["done", "done"]
+    with Session(engine) as s:
+        assert len(s.exec(select(Ticket)).all()) == 1
+
+
+def test_migrations_match_the_models(engine):
+    from alembic import command
+
+    from maild.storage.db import alembic_config
+
+    command.check(alembic_config(engine))  # raises when autogenerate would find a difference

@@ -2,12 +2,13 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 19:11:22.419466
+Create Date: 2026-11-24 19:23:21.910608
 """
 
+from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-from alembic import op
+
 
 revision = '0001'
 down_revision = None
@@ -54,6 +55,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('dedup_key', name='uq_inbox_dedup_key')
     )
     with op.batch_alter_table('inbox', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_inbox_message_id'), ['message_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_inbox_state'), ['state'], unique=False)
 
     op.create_table('outbox',
@@ -205,6 +207,7 @@ def downgrade() -> None:
     op.drop_table('outbox')
     with op.batch_alter_table('inbox', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_inbox_state'))
+        batch_op.drop_index(batch_op.f('ix_inbox_message_id'))
 
     op.drop_table('inbox')
     with op.batch_alter_table('contact', schema=None) as batch_op:
