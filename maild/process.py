@@ -64,6 +64,7 @@ class Processor:
         self.dnsfunc = dnsfunc
         self.clock = clock
         self.counters = Counters()
+        self._claimed: set[int] = set()
 
     # -- the queue ------------------------------------------------------------
     def run_batch(self, limit: int = 64) -> int:
@@ -72,6 +73,7 @@ class Processor:
             ids = [i.id for i in repo.claim_inbox(session, limit, self.settings.limits.max_attempts)]
         if not ids:
             return 0
+        self._claimed = set(ids)
         with transaction(self.engine) as session:
             for item_id in ids:
                 item = session.get(InboxItem, item_id)
@@ -136,7 +138,8 @@ class Processor:
         if parsed.thread_ids and not known:
             # Over parallel connections a reply can be committed before the message it
             # answers: process that parent first, so the reply threads instead of splitting.
-            parents = repo.unprocessed_parents(session, parsed.thread_ids, item.id)
+            parents = [p for p in repo.unprocessed_parents(session, parsed.thread_ids, item.id)
+                       if p.state == "new" or p.id in self._claimed]  # never another instance's row
             for parent in parents:
                 parent.state = "processing"
                 self._process_guarded(session, parent)

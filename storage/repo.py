@@ -64,13 +64,14 @@ def recover_stale(session: Session, older_than: dt.timedelta = dt.timedelta(0)) 
 
 
 def unprocessed_parents(session: Session, message_ids: Iterable[str], exclude_id: int) -> list[InboxItem]:
-    """Inbox rows still 'new' that carry one of these Message-IDs (a reply overtook its parent)."""
+    """Inbox rows not yet processed that carry one of these Message-IDs (a reply overtook its parent)."""
     ids = [i for i in message_ids if i]
     if not ids:
         return []
     stmt = (
         select(InboxItem)
-        .where(col(InboxItem.message_id).in_(ids), InboxItem.state == "new", InboxItem.id != exclude_id)
+        .where(col(InboxItem.message_id).in_(ids), col(InboxItem.state).in_(("new", "processing")),
+               InboxItem.id != exclude_id)
         .order_by(col(InboxItem.id))
         .with_for_update(skip_locked=True)
     )
