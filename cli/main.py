@@ -79,7 +79,8 @@ def init(
     from importlib import resources
 
     root_cfg = (ctx.find_root().obj or {}).get("config")
-    path = Path(root_cfg) if root_cfg else directory / "config.toml"
+    path = config_mod.find_config(root_cfg) if (root_cfg or os.environ.get("MAILD_CONFIG")) \
+        else directory / "config.toml"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes((resources.files("maild.templates") / "config.toml").read_bytes())

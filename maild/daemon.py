@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,6 +63,9 @@ class Daemon:
 
     # -- life-cycle -------------------------------------------------------------
     async def start(self) -> None:
+        # The processor thread is CPU-bound; a shorter GIL switch interval keeps the
+        # event loop (SMTP replies) responsive while it runs.
+        sys.setswitchinterval(0.001)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, check_current, self.engine)
         recovered = await loop.run_in_executor(None, self._recover)

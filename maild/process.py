@@ -26,6 +26,7 @@ from maild.errors import RejectError
 from maild.parse import Parsed, parse
 from maild.render import Renderer
 from maild.storage import repo
+from maild.storage.db import gate as db_gate
 from maild.storage.db import transaction
 from maild.storage.models import Attachment, InboxItem, Journal, Message, OutboxItem, Ticket, utcnow
 from maild.strip import strip_reply
@@ -74,12 +75,18 @@ class Processor:
         if not ids:
             return 0
         self._claimed = set(ids)
-        with transaction(self.engine) as session:
-            for item_id in ids:
-                item = session.get(InboxItem, item_id)
-                assert item is not None
-                if item.state == "processing":  # not already taken as an overtaken parent
-                    self._process_guarded(session, item)
+        todo = list(ids)
+        gate = db_gate(self.engine)
+        while todo:
+            # autoflush off: each message's SAVEPOINT release flushes, and apply() flushes where it reads back.
+            with transaction(self.engine, autoflush=False) as session:
+                while todo:
+                    item = session.get(InboxItem, todo.pop(0))
+                    assert item is not None
+                    if item.state == "processing":  # not already taken as an overtaken parent
+                        self._process_guarded(session, item)
+                    if gate.waiting:
+                        break  # a receiver waits to commit: let it, then go on
         return len(ids)
 
     def _process_guarded(self, session: Session, item: InboxItem) -> None:
@@ -307,9 +314,8 @@ class Processor:
         cat = settings.category(ticket.category)
         group = settings.group(ticket.assignee)
         group_name = group.shown_name if group else ticket.assignee
-        stored = repo.ticket_messages(session, ticket.id) if notify.audience == "group" else []
-        att_names = [a.filename for m in stored if m.id == source.id
-                     for a in session.exec(select(Attachment).where(Attachment.message_id == m.id))]
+        att_names = [a.filename for a in self._source_attachments(session, source)] \
+            if notify.audience == "group" else []
         context = dict(
             ticket=ticket, state=STATE_LABELS[ticket.state][lang], category=f"{cat.code}. {cat.name.get(lang)}"
             if cat else ticket.category, subcategory=ticket.subcategory, group=group_name,
@@ -352,11 +358,14 @@ class Processor:
         ))
         self.counters.notices += 1
 
+    def _source_attachments(self, session: Session, source: Message) -> list[Attachment]:
+        return list(session.exec(select(Attachment).where(Attachment.message_id == source.id)))
+
     def _outgoing_files(self, session: Session, source: Message) -> tuple[OutAttachment, ...]:
         from maild.storage.models import Blob
 
         files = []
-        for att in session.exec(select(Attachment).where(Attachment.message_id == source.id)):
+        for att in self._source_attachments(session, source):
             if att.sha256:
                 blob = session.get(Blob, att.sha256)
                 if blob is not None:

@@ -8,6 +8,8 @@ reached through psycopg for scale-out.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -24,12 +26,23 @@ from maild.errors import ConfigError, TransientError
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # pysqlite's own transaction handling issues no BEGIN before a SAVEPOINT, so a
+    # RELEASE would commit (and fsync) every savepoint; SQLAlchemy's documented
+    # recipe: turn it off and BEGIN ourselves (see _sqlite_begin).
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    # IMMEDIATE takes the write lock up front: a deferred transaction that reads,
+    # then writes after another connection committed, fails at once with
+    # SQLITE_BUSY_SNAPSHOT instead of waiting.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, base_dir: Path | None = None) -> Engine:
@@ -42,6 +55,7 @@ def make_engine(url: str, base_dir: Path | None = None) -> Engine:
             raise ConfigError(f"database.url = {url!r}: the directory {db_path.parent} does not exist")
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
@@ -74,9 +88,57 @@ def check_current(engine: Engine) -> None:
         )
 
 
+class WriteGate:
+    """In-process order for SQLite's single writer.
+
+    Threads of one process that would otherwise meet in SQLite's busy handler
+    (which sleeps up to 100 ms between tries) queue on a lock instead, which
+    wakes the next one at once. `waiting` lets a long writer (the processor)
+    commit early when a receiver waits to say 250. PostgreSQL needs no gate.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.waiting = 0  # priority writers queued or holding
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, priority: bool = False) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        with self._cond:
+            if priority:
+                self.waiting += 1
+            else:
+                # threading.Lock is not fair: without this the processor, looping,
+                # would take the lock back before a waiting receiver wakes.
+                self._cond.wait_for(lambda: self.waiting == 0)
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+            if priority:
+                with self._cond:
+                    self.waiting -= 1
+                    self._cond.notify_all()
+
+
+_gates: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary()
+
+
+def gate(engine: Engine) -> WriteGate:
+    found = _gates.get(engine)
+    if found is None:
+        found = _gates[engine] = WriteGate(engine.dialect.name == "sqlite")
+    return found
+
+
 @contextlib.contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
+def transaction(engine: Engine, *, autoflush: bool = True) -> Iterator[Session]:
     """One unit of work: commits on success, rolls back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+    with gate(engine).hold(), Session(engine, expire_on_commit=False, autoflush=autoflush) as session:
         with session.begin():
             yield session

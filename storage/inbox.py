@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from maild.errors import TransientError
 from maild.parse import dedup_key
 from maild.storage import repo
+from maild.storage.db import gate
 from maild.storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def inbox_row(raw: bytes, channel: str, mail_from: str, rcpt_tos: list[str]) -> 
 def store_now(engine: Engine, rows: list[dict]) -> None:
     """Insert and commit synchronously (the pipe receiver, and the writer thread)."""
     try:
-        with engine.begin() as conn:
+        with gate(engine).hold(priority=True), engine.begin() as conn:
             repo.insert_inbox(conn, rows)
     except Exception as exc:  # the database is down, locked or full: the sender must retry
         raise TransientError(f"cannot store the message: {exc}") from exc
