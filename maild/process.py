@@ -20,7 +20,7 @@ from maild import addresses
 from maild.auth import DnsFunc, authenticate
 from maild.compose import Attachment as OutAttachment
 from maild.compose import compose, new_message_id, parsed_reference_chain, tagged_subject
-from maild.config import Settings
+from maild.config import Settings, fold
 from maild.decide import STATE_LABELS, Change, Decision, Envelope, NewTicket, Notify, TicketView, decide
 from maild.errors import RejectError
 from maild.parse import Parsed, parse
@@ -28,7 +28,18 @@ from maild.render import Renderer
 from maild.storage import repo
 from maild.storage.db import gate as db_gate
 from maild.storage.db import transaction
-from maild.storage.models import Attachment, InboxItem, Journal, Message, OutboxItem, Ticket, utcnow
+from maild.storage.models import (
+    Attachment,
+    Blob,
+    Contact,
+    InboxItem,
+    Journal,
+    Message,
+    OutboxItem,
+    Staff,
+    Ticket,
+    utcnow,
+)
 from maild.strip import strip_reply
 from maild.thread import Candidates, TaggedTicket, addressed_to, tagged_ticket_id, thread
 
@@ -66,15 +77,29 @@ class Processor:
         self.clock = clock
         self.counters = Counters()
         self._claimed: set[int] = set()
+        self._parsed: dict[int, Parsed | Exception] = {}
+        self._staff: dict[str, Staff] = {}
 
     # -- the queue ------------------------------------------------------------
     def run_batch(self, limit: int = 64) -> int:
         """Process up to `limit` new inbox rows; returns how many were taken."""
         with transaction(self.engine) as session:
-            ids = [i.id for i in repo.claim_inbox(session, limit, self.settings.limits.max_attempts)]
+            claimed = repo.claim_inbox(session, limit, self.settings.limits.max_attempts)
+            ids = [i.id for i in claimed]
+            raws = {i.id: i.raw for i in claimed}
         if not ids:
             return 0
         self._claimed = set(ids)
+        # Parsing is pure and the costliest step: do it before taking the write lock.
+        self._parsed = {}
+        for item_id, raw in raws.items():
+            try:
+                self._parsed[item_id] = parse(raw)
+            except RejectError as exc:
+                self._parsed[item_id] = exc
+        del raws
+        with transaction(self.engine) as session:
+            self._staff = repo.active_staff_map(session)
         todo = list(ids)
         gate = db_gate(self.engine)
         while todo:
@@ -115,16 +140,19 @@ class Processor:
     # -- one message ------------------------------------------------------------
     def process(self, session: Session, item: InboxItem) -> None:
         settings = self.settings
-        parsed = parse(item.raw)
+        parsed = self._parsed.pop(item.id, None) or parse(item.raw)
+        if isinstance(parsed, Exception):
+            raise parsed
         now = self.clock()
         item.processed_at = now
-        if repo.inbound_exists(session, parsed.message_id):
+        known, duplicate = repo.thread_ids_and_duplicate(session, parsed.message_id, parsed.thread_ids)
+        if duplicate:
             item.state, item.error = "done", "duplicate: this Message-ID is already stored"
             return
 
         envelope = Envelope(item.mail_from, tuple(item.rcpt_tos), item.channel)
         sender_is_staff = False
-        if parsed.from_addr and repo.active_staff(session, parsed.from_addr) is not None:
+        if parsed.from_addr in self._staff:
             verdict = authenticate(settings, parsed, self.dnsfunc)
             sender_is_staff = verdict.ok
             if not verdict.ok:
@@ -141,7 +169,6 @@ class Processor:
             if t is not None:
                 requester = self._requester(session, t)
                 tagged = TaggedTicket(t.id, requester, frozenset(repo.watchers(session, t.id)))
-        known = repo.tickets_for_message_ids(session, parsed.thread_ids)
         if parsed.thread_ids and not known:
             # Over parallel connections a reply can be committed before the message it
             # answers: process that parent first, so the reply threads instead of splitting.
@@ -170,21 +197,14 @@ class Processor:
         self.apply(session, item, parsed, decision, now)
 
     def _requester(self, session: Session, ticket: Ticket) -> str:
-        from maild.storage.models import Contact
-
         c = session.get(Contact, ticket.requester_id)
         return c.address if c else ""
 
     def _view(self, session: Session, t: Ticket) -> TicketView:
-        entered = any(
-            ch.get("field") == "state" and ch.get("new") == "en_curso"
-            for j in repo.ticket_journal(session, t.id)
-            for ch in j.changes
-        )
         return TicketView(
             id=t.id, state=t.state, category=t.category, subcategory=t.subcategory, assignee=t.assignee,
             priority=t.priority, language=t.language, requester=self._requester(session, t), subject=t.subject,
-            watchers=frozenset(repo.watchers(session, t.id)), closed_at=t.closed_at, entered_en_curso=entered,
+            watchers=frozenset(repo.watchers(session, t.id)), closed_at=t.closed_at, entered_en_curso=t.in_progress_at is not None,
         )
 
     # -- apply ------------------------------------------------------------------
@@ -265,6 +285,8 @@ class Processor:
             applied.append({"field": ch.field, "old": old, "new": ch.new})
             if ch.field == "state":
                 ticket.closed_at = now if ch.new == "cerrada" else None
+                if ch.new == "en_curso" and ticket.in_progress_at is None:
+                    ticket.in_progress_at = now
         if applied or note:
             session.add(Journal(ticket_id=ticket.id, at=now, author=author, changes=applied, note=note))
 
@@ -289,13 +311,15 @@ class Processor:
             group = self.settings.group(ticket.assignee)
             if group is not None and group.address:
                 return [group.address]
-            return repo.group_members(session, ticket.assignee)
-        people = [self._requester(session, ticket), *repo.watchers(session, ticket.id)]
+            key = fold(ticket.assignee)
+            return sorted(a for a, s in self._staff.items() if fold(s.group) == key)
+        requester = session.get(Contact, ticket.requester_id)
+        people = [requester, *(repo.contact(session, a) for a in repo.watchers(session, ticket.id))]
         out = []
-        for addr in people:
+        for contact in people:
+            addr = contact.address if contact else ""
             if not addr or addr in out or addresses.never_send_to(addr) or addresses.is_own(self.settings, addr):
                 continue
-            contact = repo.contact(session, addr)
             if contact.bounce == "permanent":
                 log.info("ticket %s: no mail to %s, it bounces permanently", ticket.id, addr)
                 continue
@@ -314,8 +338,9 @@ class Processor:
         cat = settings.category(ticket.category)
         group = settings.group(ticket.assignee)
         group_name = group.shown_name if group else ticket.assignee
-        att_names = [a.filename for a in self._source_attachments(session, source)] \
-            if notify.audience == "group" else []
+        with_files = notify.template in ("answer", "group_new", "group_reply")
+        source_atts = self._source_attachments(session, source) if with_files else []
+        att_names = [a.filename for a in source_atts]
         context = dict(
             ticket=ticket, state=STATE_LABELS[ticket.state][lang], category=f"{cat.code}. {cat.name.get(lang)}"
             if cat else ticket.category, subcategory=ticket.subcategory, group=group_name,
@@ -336,9 +361,7 @@ class Processor:
         else:
             from_name, from_addr, auto = group_name, settings.mail.noreply_address, "auto-replied"
 
-        files: tuple[OutAttachment, ...] = ()
-        if notify.template in ("answer", "group_new", "group_reply"):
-            files = self._outgoing_files(session, source)
+        files = self._outgoing_files(session, source_atts)
         message_id = new_message_id(settings)
         reply_to = addresses.reply_address(settings, ticket.id)
         in_reply_to = source.message_id if notify.audience == "group" else ticket.last_inbound_message_id
@@ -361,11 +384,9 @@ class Processor:
     def _source_attachments(self, session: Session, source: Message) -> list[Attachment]:
         return list(session.exec(select(Attachment).where(Attachment.message_id == source.id)))
 
-    def _outgoing_files(self, session: Session, source: Message) -> tuple[OutAttachment, ...]:
-        from maild.storage.models import Blob
-
+    def _outgoing_files(self, session: Session, atts: list[Attachment]) -> tuple[OutAttachment, ...]:
         files = []
-        for att in self._source_attachments(session, source):
+        for att in atts:
             if att.sha256:
                 blob = session.get(Blob, att.sha256)
                 if blob is not None:

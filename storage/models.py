@@ -48,6 +48,7 @@ class Ticket(SQLModel, table=True):
     updated_at: dt.datetime = Field(default_factory=utcnow)
     closed_at: dt.datetime | None = None
     first_response_at: dt.datetime | None = None
+    in_progress_at: dt.datetime | None = None  # first time it entered en_curso (the in_progress notice went then)
     # Message-IDs of the requester's last message, so what we send threads under it.
     last_inbound_message_id: str = ""
     references: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

@@ -93,11 +93,21 @@ def tickets_for_message_ids(session: Session, ids: Iterable[str]) -> dict[str, i
     return {mid: tid for mid, tid in rows}
 
 
-def inbound_exists(session: Session, message_id: str) -> bool:
-    if not message_id:
-        return False
-    stmt = select(Message.id).where(Message.message_id == message_id, Message.direction == "in").limit(1)
-    return session.exec(stmt).first() is not None
+def thread_ids_and_duplicate(session: Session, own_id: str, thread_ids: Iterable[str]) -> tuple[dict[str, int], bool]:
+    """One query: which of `thread_ids` maild has stored (-> ticket), and is `own_id` already stored inbound?"""
+    wanted = [i for i in (own_id, *thread_ids) if i]
+    if not wanted:
+        return {}, False
+    rows = session.exec(
+        select(Message.message_id, Message.ticket_id, Message.direction).where(col(Message.message_id).in_(wanted))
+    )
+    known: dict[str, int] = {}
+    duplicate = False
+    for mid, tid, direction in rows:
+        if mid == own_id and direction == "in":
+            duplicate = True
+        known.setdefault(mid, tid)
+    return {k: v for k, v in known.items() if k in thread_ids}, duplicate
 
 
 def watchers(session: Session, ticket_id: int) -> list[str]:
@@ -116,6 +126,10 @@ def contact(session: Session, address: str, name: str = "") -> Contact:
     elif name and not found.name:
         found.name = name
     return found
+
+
+def active_staff_map(session: Session) -> dict[str, Staff]:
+    return {s.address: s for s in session.exec(select(Staff).where(Staff.active == True))}  # noqa: E712
 
 
 def active_staff(session: Session, address: str) -> Staff | None:

@@ -2,13 +2,12 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 19:23:21.910608
+Create Date: 2026-11-24 19:30:56.371840
 """
 
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -104,6 +103,7 @@ def upgrade() -> None:
     sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
     sa.Column('closed_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.Column('first_response_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
+    sa.Column('in_progress_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
     sa.Column('last_inbound_message_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('references', sa.JSON(), nullable=False),
     sa.ForeignKeyConstraint(['requester_id'], ['contact.id'], ),
