@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from maild.addresses import is_own
 from maild.config import Settings
 from maild.parse import Parsed, detect_language
+from maild.strip import strip_reply
 from maild.thread import Thread, subject_tag_pattern
 
 STATES = ("nueva", "en_curso", "cerrada")
@@ -84,6 +85,10 @@ class Decision:
     reason: str = ""
     author: str = ""
     flags: frozenset[str] = field(default_factory=frozenset)
+    text: str = ""  # what is stored in the journal and relayed: quoted history, signature and commands taken off
+    watch: tuple[str, ...] = ()
+    unwatch: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
 
 
 def automatic_reason(settings: Settings, parsed: Parsed, envelope: Envelope) -> str:
@@ -144,16 +149,19 @@ def decide(
             new_ticket=new_ticket_for(settings, parsed, category),
             author=parsed.from_addr,
             notify=(Notify("opened", "requester"), Notify("group_new", "group")),
+            text=parsed.text,
         )
 
+    text = strip_reply(parsed.text, ticket.language)
     if auto:
         # Recorded on the ticket, answered by nobody.
-        return Decision("append", ticket_id=ticket.id, author=parsed.from_addr, flags=frozenset({"automatic"}))
+        return Decision("append", ticket_id=ticket.id, author=parsed.from_addr, flags=frozenset({"automatic"}),
+                        text=text)
 
     if sender_is_staff:
-        decision = _staff_reply(ticket, parsed)
+        decision = _staff_reply(settings, ticket, parsed, text)
     else:
-        decision = _requester_reply(settings, parsed, ticket, now)
+        decision = replace(_requester_reply(settings, parsed, ticket, now), text=text)
     return with_state_notices(decision, ticket)
 
 
@@ -167,7 +175,7 @@ def with_state_notices(decision: Decision, ticket: TicketView) -> Decision:
             extra.append(Notify("in_progress", "requester"))
         elif change.new == "cerrada":
             extra.append(Notify("closed", "requester"))
-    if not extra or "internal" in decision.flags:
+    if not extra:
         return decision
     return replace(decision, notify=(*decision.notify, *extra))
 
@@ -196,15 +204,37 @@ def _requester_reply(settings: Settings, parsed: Parsed, ticket: TicketView, now
     )
 
 
-def _staff_reply(ticket: TicketView, parsed: Parsed) -> Decision:
-    changes: tuple[Change, ...] = ()
-    if ticket.state == "nueva":
-        changes = (Change("state", "nueva", "en_curso"),)
+def _staff_reply(settings: Settings, ticket: TicketView, parsed: Parsed, text: str) -> Decision:
+    from maild.commands import resolve, split
+
+    commands, answer = split(text)
+    outcome = resolve(settings, ticket, commands)
+    if outcome.errors:
+        # All or nothing: nothing changes, nothing is relayed; the message is kept as an
+        # internal note and its author is told which line is wrong and what is valid.
+        return Decision(
+            "append", kind="internal", ticket_id=ticket.id, author=parsed.from_addr, text=text,
+            note="Órdenes rechazadas: " + " | ".join(outcome.errors), errors=outcome.errors,
+            notify=(Notify("command_error", "sender"),),
+        )
+    changes = outcome.changes
+    if answer and not outcome.internal and not outcome.explicit_state and ticket.state == "nueva":
+        changes = (*changes, Change("state", "nueva", "en_curso"))
+    notify: list[Notify] = []
+    if outcome.internal:
+        notify.append(Notify("group_reply", "group"))
+    elif answer:
+        notify.append(Notify("answer", "requester"))
     return Decision(
         "append",
-        kind="staff",
+        kind="internal" if outcome.internal else "staff",
         ticket_id=ticket.id,
         author=parsed.from_addr,
         changes=changes,
-        notify=(Notify("answer", "requester"),),
+        notify=tuple(notify),
+        text=answer,
+        note="Nota interna" if outcome.internal else "",
+        watch=outcome.watch,
+        unwatch=outcome.unwatch,
+        flags=frozenset({"internal"}) if outcome.internal else frozenset(),
     )

@@ -222,7 +222,7 @@ class Processor:
             ticket = session.get(Ticket, d.ticket_id)
             assert ticket is not None
 
-        text = parsed.text if d.verb == "open" else strip_reply(parsed.text, ticket.language)
+        text = d.text
         message = Message(
             ticket_id=ticket.id, message_id=parsed.message_id or new_message_id(self.settings),
             direction="in", kind=d.kind, from_addr=parsed.from_addr, to_addrs=list(parsed.to),
@@ -234,6 +234,7 @@ class Processor:
         dropped = self._attachments(session, message, parsed)
 
         self._change(session, ticket, d.changes, d.author or parsed.from_addr, d.note, now)
+        self._watchers(session, ticket, d, now)
         if dropped:
             session.add(Journal(ticket_id=ticket.id, at=now, author="maild",
                                 note="Adjuntos descartados por tamaño: " + ", ".join(dropped)))
@@ -290,6 +291,23 @@ class Processor:
         if applied or note:
             session.add(Journal(ticket_id=ticket.id, at=now, author=author, changes=applied, note=note))
 
+    def _watchers(self, session: Session, ticket: Ticket, d: Decision, now: dt.datetime) -> None:
+        current = set(repo.watchers(session, ticket.id))
+        notes = []
+        for addr in d.watch:
+            if addr not in current:
+                session.add(Watcher(ticket_id=ticket.id, address=addr))
+                current.add(addr)
+                notes.append(f"Observador añadido: {addr}")
+        for addr in d.unwatch:
+            if addr in current:
+                session.delete(session.get(Watcher, (ticket.id, addr)))
+                current.discard(addr)
+                notes.append(f"Observador retirado: {addr}")
+        if notes:
+            session.add(Journal(ticket_id=ticket.id, at=now, author=d.author, note="; ".join(notes)))
+            session.flush()
+
     def _attachments(self, session: Session, message: Message, parsed: Parsed) -> list[str]:
         dropped = []
         limit = self.settings.limits.max_attachment_bytes
@@ -306,7 +324,10 @@ class Processor:
         return dropped
 
     # -- notices ----------------------------------------------------------------
-    def _recipients(self, session: Session, ticket: Ticket, audience: str) -> list[str]:
+    def _recipients(self, session: Session, ticket: Ticket, audience: str, source: Message) -> list[str]:
+        if audience == "sender":
+            addr = source.from_addr
+            return [] if addresses.never_send_to(addr) or addresses.is_own(self.settings, addr) else [addr]
         if audience == "group":
             group = self.settings.group(ticket.assignee)
             if group is not None and group.address:
@@ -329,12 +350,12 @@ class Processor:
     def _notify(self, session: Session, ticket: Ticket, notify: Notify, source: Message, dropped: list[str],
                 d: Decision, now: dt.datetime) -> None:
         settings = self.settings
-        recipients = self._recipients(session, ticket, notify.audience)
+        recipients = self._recipients(session, ticket, notify.audience, source)
         if not recipients:
             session.add(Journal(ticket_id=ticket.id, at=now, author="maild",
                                 note=f"Aviso '{notify.template}' sin destinatarios"))
             return
-        lang = ticket.language if notify.audience != "group" else settings.tickets.default_language
+        lang = ticket.language if notify.audience == "requester" else settings.tickets.default_language
         cat = settings.category(ticket.category)
         group = settings.group(ticket.assignee)
         group_name = group.shown_name if group else ticket.assignee
@@ -346,7 +367,7 @@ class Processor:
             if cat else ticket.category, subcategory=ticket.subcategory, group=group_name,
             requester=self._requester(session, ticket), sender=source.from_addr, text=source.text,
             previous_ticket_id=ticket.previous_ticket_id, dropped=dropped, reopen_days=settings.tickets.reopen_days,
-            note=d.note, attachments=att_names, support_address=settings.mail.support_address,
+            note=d.note, attachments=att_names, support_address=settings.mail.support_address, errors=d.errors,
         )
         subject, body = self.renderer.mail(notify.template, lang, **context)
         subject = tagged_subject(settings, ticket.id, subject)
@@ -364,7 +385,7 @@ class Processor:
         files = self._outgoing_files(session, source_atts)
         message_id = new_message_id(settings)
         reply_to = addresses.reply_address(settings, ticket.id)
-        in_reply_to = source.message_id if notify.audience == "group" else ticket.last_inbound_message_id
+        in_reply_to = source.message_id if notify.audience in ("group", "sender") else ticket.last_inbound_message_id
         refs = tuple(ticket.references)
         for rcpt in recipients:
             raw = compose(
