@@ -74,7 +74,7 @@ def inbox_retry(
             missing = sorted(set(ids) - {i.id for i in items})
             raise UserError(f"inbox {', '.join(map(str, missing))}: not quarantined or ignored (see 'maild inbox list')")
         for i in items:
-            i.state, i.attempts, i.error = "new", 0, ""
+            i.state, i.attempts, i.error, i.next_attempt_at = "new", 0, "", utcnow()
             session.add(i)
     typer.echo(f"{len(items)} message(s) queued again")
 

@@ -177,6 +177,7 @@ class LimitSettings(_Section):
     new_tickets_per_hour: int = Field(20, ge=1)
     notices_per_hour: int = Field(30, ge=1)
     max_attempts: int = Field(5, ge=1)
+    retry_base_seconds: float = Field(30.0, gt=0)  # a failed message is retried after base * 2**(attempts-1)
 
 
 class Group(_Section):

@@ -38,9 +38,9 @@ from maild.storage.models import (
     OutboxItem,
     Staff,
     Ticket,
+    Watcher,
     utcnow,
 )
-from maild.strip import strip_reply
 from maild.thread import Candidates, TaggedTicket, addressed_to, tagged_ticket_id, thread
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,8 @@ class Processor:
             log.error("inbox %s quarantined after %d attempt(s): %s", item.id, item.attempts, item.error)
         else:
             item.state = "new"
+            delay = self.settings.limits.retry_base_seconds * 2 ** (item.attempts - 1)
+            item.next_attempt_at = self.clock() + dt.timedelta(seconds=delay)
             self.counters.failed += 1
             log.warning("inbox %s failed (attempt %d), will retry: %s", item.id, item.attempts, item.error)
         if not permanent:

@@ -28,6 +28,7 @@ MAX_BATCH = 256
 
 def inbox_row(raw: bytes, channel: str, mail_from: str, rcpt_tos: list[str]) -> dict:
     key, mid = dedup_key(raw)
+    now = utcnow()
     return {
         "dedup_key": key,
         "message_id": mid,
@@ -38,7 +39,8 @@ def inbox_row(raw: bytes, channel: str, mail_from: str, rcpt_tos: list[str]) -> 
         "state": "new",
         "attempts": 0,
         "error": "",
-        "received_at": utcnow(),
+        "received_at": now,
+        "next_attempt_at": now,
     }
 
 

@@ -38,7 +38,7 @@ def claim_inbox(session: Session, limit: int, max_attempts: int) -> list[InboxIt
     """Take up to `limit` new rows for this process (SKIP LOCKED lets several instances share the queue)."""
     stmt = (
         select(InboxItem)
-        .where(InboxItem.state == "new", InboxItem.attempts < max_attempts)
+        .where(InboxItem.state == "new", InboxItem.attempts < max_attempts, InboxItem.next_attempt_at <= utcnow())
         .order_by(col(InboxItem.id))
         .limit(limit)
         .with_for_update(skip_locked=True)

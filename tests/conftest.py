@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
+from email import policy as email_policy
 from email.message import Message as EmailMessage
 from pathlib import Path
 
@@ -83,6 +84,7 @@ def make_settings(tmp_path: Path, db_url: str):
             "outbound": {"smarthost": "127.0.0.1", "port": 9, "retry_base_seconds": 0.2,
                          "retry_max_seconds": 1.0, "timeout_seconds": 5},
             "security": {"secret_file": "", "trusted_authserv_ids": ["mx.example.org"]},
+            "limits": {"retry_base_seconds": 0.1},
         })
         data = _merge(data, over)
         settings = config_mod.parse(data, base_dir=tmp_path)
@@ -115,13 +117,12 @@ class Captured:
 
     @property
     def msg(self) -> EmailMessage:
-        return message_from_bytes(self.raw)
+        return message_from_bytes(self.raw, policy=email_policy.default)
 
     def body(self) -> str:
         msg = self.msg
         part = next((p for p in msg.walk() if p.get_content_type() == "text/plain"), msg)
-        payload = part.get_payload(decode=True) or b""
-        return payload.decode(part.get_content_charset() or "utf-8", "replace")
+        return part.get_content()
 
 
 @dataclass

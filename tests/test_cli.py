@@ -149,3 +149,19 @@ def test_inbox_and_outbox_listings(cfg):
     assert json.loads(cli(["inbox", "list", "--json"], cfg).stdout) == []
     done = json.loads(cli(["inbox", "list", "--json", "--all"], cfg).stdout)
     assert [r["state"] for r in done] == ["done"]
+
+
+def test_inbox_retry_requeues_a_quarantined_message(cfg):
+    engine = seed(cfg, 1)
+    from maild.storage.db import transaction
+    from maild.storage.models import InboxItem
+
+    with transaction(engine) as s:
+        item = s.get(InboxItem, 1)
+        item.state, item.attempts, item.error = "quarantined", 5, "RuntimeError: boom"
+    rows = json.loads(cli(["inbox", "list", "--json"], cfg).stdout)
+    assert [(r["id"], r["state"], r["attempts"], r["error"]) for r in rows] == [(1, "quarantined", 5,
+                                                                                 "RuntimeError: boom")]
+    r = cli(["inbox", "retry", "1"], cfg)
+    assert r.exit_code == 0 and "1 message(s)" in r.stdout
+    assert json.loads(cli(["inbox", "list", "--json", "--state", "new"], cfg).stdout)[0]["attempts"] == 0

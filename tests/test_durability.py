@@ -209,3 +209,37 @@ def test_migrations_match_the_models(engine):
     from maild.storage.db import alembic_config
 
     command.check(alembic_config(engine))  # raises when autogenerate would find a difference
+
+
+def test_a_message_that_keeps_failing_is_retried_then_quarantined_and_can_be_retried(settings, engine):
+    import time
+
+    from maild.process import Processor
+
+    class Flaky(Processor):
+        broken = True
+
+        def process(self, session, item):
+            if self.broken and item.message_id == "boom@cliente.es":
+                raise RuntimeError("disk on fire")
+            return super().process(session, item)
+
+    store_now(engine, [inbox_row(make_mail(message_id="boom@cliente.es"), "smtp", "a@b.c", ["consultas@example.org"]),
+                       inbox_row(make_mail(message_id="fine@cliente.es"), "smtp", "a@b.c", ["consultas@example.org"])])
+    p = Flaky(settings, engine)
+    deadline = time.monotonic() + 20
+    while _states(engine)[0] != "quarantined" and time.monotonic() < deadline:
+        p.run_batch()
+        time.sleep(0.05)
+    with Session(engine) as s:
+        boom, fine = s.exec(select(InboxItem).order_by(InboxItem.id)).all()
+    assert (boom.state, boom.attempts) == ("quarantined", settings.limits.max_attempts)
+    assert "disk on fire" in boom.error and boom.raw  # kept, never dropped
+    assert fine.state == "done"  # one bad message does not hold up the others
+    # the operator fixes the cause and replays it (`maild inbox retry`, tested in test_cli)
+    with transaction(engine) as s:
+        item = s.get(InboxItem, boom.id)
+        item.state, item.attempts = "new", 0
+    p.broken = False
+    p.run_batch()
+    assert _states(engine) == ["done", "done"]
