@@ -14,11 +14,12 @@ FIELD_LABELS = {
     "state": {"es": "Estado", "pt": "Estado", "en": "State"},
     "category": {"es": "Categoría", "pt": "Categoria", "en": "Category"},
     "subcategory": {"es": "Subcategoría", "pt": "Subcategoria", "en": "Subcategory"},
-    "assignee": {"es": "Asignado a", "pt": "Atribuído a", "en": "Assignee"},
+    "assignee": {"es": "Grupo asignado", "pt": "Grupo atribuído", "en": "Assignee"},
     "priority": {"es": "Prioridad", "pt": "Prioridade", "en": "Priority"},
     "language": {"es": "Idioma", "pt": "Idioma", "en": "Language"},
 }
-_CHANGED = {"es": "{f} cambiado de {old} a {new}", "pt": "{f} alterado de {old} para {new}",
+_FEMININE = {"category", "subcategory", "priority"}  # es/pt participles agree: "Prioridad cambiada"
+_CHANGED = {"es": "{f} cambiad{o} de {old} a {new}", "pt": "{f} alterad{o} de {old} para {new}",
             "en": "{f} changed from {old} to {new}"}
 _SET = {"es": "{f}: {new}", "pt": "{f}: {new}", "en": "{f}: {new}"}
 
@@ -44,7 +45,7 @@ def change_sentence(change: dict, lang: str = "es") -> str:
     label = FIELD_LABELS.get(field, {}).get(lang, field)
     old, new = _value(field, change.get("old"), lang), _value(field, change.get("new"), lang)
     template = _SET[lang] if change.get("old") is None else _CHANGED[lang]
-    return template.format(f=label, old=old, new=new)
+    return template.format(f=label, old=old, new=new, o="a" if field in _FEMININE else "o")
 
 
 def requester_of(session: Session, ticket: Ticket) -> str:

@@ -3,7 +3,8 @@
 mail-parser-reply does the work. It has no Portuguese and its Spanish
 "escribió:" header needs two spaces before the verb, so Gmail's
 "El lun, 2 mar 2026 a las 10:00, Ana (<ana@x>) escribió:" slips through;
-both are registered here, in the library's own table, once at import.
+both are registered here, in the library's own table, once at import, with the
+Spanish and Portuguese "-----Mensaje original-----" separators of older Outlook.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _Q = QUOTED_MATCH_INCLUDE
 
 MAIL_LANGUAGES["pt"] = {
     # Gmail / Apple Mail: "Em seg., 2 de mar. de 2026 às 10:00, Ana <ana@x> escreveu:"
-    "wrote_header": r"^(" + _Q + r"(?:Em|No dia)\s.+?\sescreveu:)$",
+    "wrote_header": r"^(" + _Q + r"(?:Em|No dia)\s.+?\sescreveu:|" + _Q + r"-{3,} ?Mensagem original ?-{3,})$",
     # Outlook: "De: … / Enviado: … / Para: … / Assunto: …" (pt-PT and pt-BR words)
     "from_header": r"((?:(?:^|\n|\n" + _Q + r")[* ]*(?:De|Enviado|Enviada|Para|Assunto|Data|Cc|Organização):"
                    r"[ *]*(?:\s{,2}).*){2,}(?:\n.*){,1})",
@@ -28,7 +29,7 @@ MAIL_LANGUAGES["pt"] = {
 }
 
 _es = dict(MAIL_LANGUAGES["es"])
-_es["wrote_header"] = r"^(" + _Q + r"El\s.+?\s?escribió:)$"
+_es["wrote_header"] = r"^(" + _Q + r"El\s.+?\s?escribió:|" + _Q + r"-{3,} ?Mensaje original ?-{3,})$"
 _es["from_header"] = (r"((?:(?:^|\n|\n" + _Q + r")[* ]*(?:De|Enviado el|Enviado|Para|Asunto|Fecha|CC|Organización):"
                       r"[ *]*(?:\s{,2}).*){2,}(?:\n.*){,1})")
 MAIL_LANGUAGES["es"] = _es

@@ -22,6 +22,7 @@ def cfg(tmp_path, db_url, monkeypatch):
     from tests.conftest import ROOT
 
     text = (ROOT / "config.toml").read_text().replace('url = "sqlite:///var/maild.db"', f'url = "{db_url}"')
+    text = text.replace('trusted_authserv_ids = []', 'trusted_authserv_ids = ["mx.example.org"]')
     path.write_text(text.replace('secret_file = "var/maild.secret"', 'secret_file = ""'))
     assert cli(["db", "upgrade"], path).exit_code == 0
     return path
@@ -165,3 +166,27 @@ def test_inbox_retry_requeues_a_quarantined_message(cfg):
     r = cli(["inbox", "retry", "1"], cfg)
     assert r.exit_code == 0 and "1 message(s)" in r.stdout
     assert json.loads(cli(["inbox", "list", "--json", "--state", "new"], cfg).stdout)[0]["attempts"] == 0
+
+
+def test_tickets_show_renders_the_journal_as_the_portal_did(cfg):
+    from maild import config
+    from maild.addresses import reply_address
+
+    engine = seed(cfg, 1)
+    assert cli(["staff", "add", "drim@example.org", "--name", "D", "--group", "DRIM"], cfg).exit_code == 0
+    settings = config.load(cfg)
+    to = reply_address(settings, 1)
+    raw = (b"Authentication-Results: mx.example.org; auth=pass smtp.auth=drim@example.org\r\n"
+           + make_mail(frm="drim@example.org", to=to, body="#priority alta\nLo miramos.", message_id="st@example.org"))
+    store_now(engine, [inbox_row(raw, "smtp", "drim@example.org", [to])])
+    Processor(settings, engine).run_batch()
+    es = cli(["tickets", "show", "1", "--lang", "es"], cfg).stdout
+    assert "Estado cambiado de Nueva a En curso" in es and "Prioridad cambiada de normal a alta" in es
+    pt = cli(["tickets", "show", "1", "--lang", "pt"], cfg).stdout
+    assert "Estado alterado de Aberta para Em curso" in pt
+    en = cli(["tickets", "show", "1", "--lang", "en"], cfg).stdout
+    assert "State changed from Open to In progress" in en
+    data = json.loads(cli(["tickets", "show", "1", "--json"], cfg).stdout)
+    last = data["journal"][-1]
+    assert last["author"] == "drim@example.org"
+    assert {"field": "state", "old": "nueva", "new": "en_curso"} in last["changes"]
