@@ -178,3 +178,32 @@ async def test_internal_note_goes_to_the_group_only_and_watchers_get_copies(sett
 def _kinds(engine):
     with Session(engine) as s:
         return [m.kind for m in s.exec(select(Message).where(Message.direction == "in"))]
+
+
+async def test_attachments_travel_with_answers_and_group_copies(settings, engine, capture, staffed):
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    d = staffed
+    q = EmailMessage(policy=SMTP)
+    q["From"], q["To"], q["Subject"], q["Message-ID"] = REQ, "consultas@example.org", "Error", "<att@cliente.es>"
+    q.set_content("Adjunto captura del error.")
+    q.add_attachment(b"\x89PNG fake image", maintype="image", subtype="png", filename="../../etc/captura.png")
+    await send(d.smtp_port, q.as_bytes())
+    await capture.wait_for(lambda c: c.to("drim@example.org", "group_new"))
+    copy = capture.to("drim@example.org", "group_new")[0].msg
+    files = [(p.get_filename(), p.get_content()) for p in copy.iter_attachments()]
+    assert files == [("captura.png", b"\x89PNG fake image")]  # the name is sanitised, the bytes kept
+
+    a = EmailMessage(policy=SMTP)
+    addr = reply_address(settings, 1)
+    a["From"], a["To"], a["Subject"], a["Message-ID"] = "drim@example.org", addr, "RE: Error", "<sa@example.org>"
+    a.set_content("Le envío el manual.")
+    a.add_attachment("Manual del Centro de Descargas".encode(), maintype="application", subtype="pdf",
+                     filename="manual.pdf")
+    await send(d.smtp_port, sign(a.as_bytes(), "example.org"), mail_from="drim@example.org", rcpts=[addr])
+    await capture.wait_for(lambda c: c.to(REQ, "answer"))
+    answer = capture.to(REQ, "answer")[0].msg
+    assert [(p.get_filename(), p.get_content()) for p in answer.iter_attachments()] == [
+        ("manual.pdf", "Manual del Centro de Descargas".encode())]
+    assert "Le envío el manual." in capture.to(REQ, "answer")[0].body()
