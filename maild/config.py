@@ -154,6 +154,10 @@ class SecuritySettings(_Section):
     secret_file: str = ""
     staff_auth: list[Literal["dkim", "trusted_relay"]] = ["dkim", "trusted_relay"]
     trusted_authserv_ids: list[str] = []
+    # An upstream filter's verdict sends a message to quarantine instead of opening a ticket.
+    spam_flag_header: str = "X-Spam-Flag"
+    spam_score_header: str = "X-Spam-Score"
+    spam_score_threshold: float = Field(0.0, ge=0)  # 0: ignore the score header
 
 
 class TicketSettings(_Section):
@@ -177,6 +181,7 @@ class LimitSettings(_Section):
     new_tickets_per_hour: int = Field(20, ge=1)
     notices_per_hour: int = Field(30, ge=1)
     max_attempts: int = Field(5, ge=1)
+    max_parts: int = Field(500, ge=1)  # MIME parts; more is refused to quarantine before parsing
     retry_base_seconds: float = Field(30.0, gt=0)  # a failed message is retried after base * 2**(attempts-1)
 
 

@@ -42,3 +42,10 @@ class RejectError(MaildError):
     """This message can never be taken (too big, not a message). Maps to 5xx / EX_DATAERR."""
 
     exit_code = os.EX_DATAERR
+
+
+class QuarantineError(RejectError):
+    """Kept, not processed: an upstream spam verdict, a rate limit, a structure too hostile to parse.
+
+    The operator sees it in `maild inbox list` and can replay it with `maild inbox retry`.
+    """

@@ -111,7 +111,10 @@ def dedup_key(raw: bytes) -> tuple[str, str]:
     return "sha:" + hashlib.sha256(raw).hexdigest(), ""
 
 
-def parse(raw: bytes) -> Parsed:
+def parse(raw: bytes, max_parts: int = 500) -> Parsed:
+    # A cheap bound before the MIME parser sees it: each part needs a boundary line.
+    if raw.count(b"\n--") > 2 * max_parts + 2:
+        raise RejectError(f"more than {max_parts} MIME parts (limits.max_parts)")
     try:
         mail = mailparser.parse_from_bytes(raw)
     except Exception as exc:  # mail-parser raises many kinds on hostile input

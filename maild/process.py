@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,11 +19,12 @@ from sqlmodel import Session, select
 
 from maild import addresses
 from maild.auth import DnsFunc, authenticate
+from maild.bounce import Bounce, read_bounce
 from maild.compose import Attachment as OutAttachment
 from maild.compose import compose, new_message_id, parsed_reference_chain, tagged_subject
 from maild.config import Settings, fold
 from maild.decide import STATE_LABELS, Change, Decision, Envelope, NewTicket, Notify, TicketView, decide
-from maild.errors import RejectError
+from maild.errors import QuarantineError, RejectError
 from maild.parse import Parsed, parse
 from maild.render import Renderer
 from maild.storage import repo
@@ -57,6 +59,8 @@ class Counters:
     quarantined: int = 0
     forged_staff: int = 0
     notices: int = 0
+    held: int = 0
+    bounces: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -94,7 +98,7 @@ class Processor:
         self._parsed = {}
         for item_id, raw in raws.items():
             try:
-                self._parsed[item_id] = parse(raw)
+                self._parsed[item_id] = parse(raw, self.settings.limits.max_parts)
             except RejectError as exc:
                 self._parsed[item_id] = exc
         del raws
@@ -142,7 +146,7 @@ class Processor:
     # -- one message ------------------------------------------------------------
     def process(self, session: Session, item: InboxItem) -> None:
         settings = self.settings
-        parsed = self._parsed.pop(item.id, None) or parse(item.raw)
+        parsed = self._parsed.pop(item.id, None) or parse(item.raw, settings.limits.max_parts)
         if isinstance(parsed, Exception):
             raise parsed
         now = self.clock()
@@ -150,6 +154,13 @@ class Processor:
         known, duplicate = repo.thread_ids_and_duplicate(session, parsed.message_id, parsed.thread_ids)
         if duplicate:
             item.state, item.error = "done", "duplicate: this Message-ID is already stored"
+            return
+        verdict = spam_verdict(settings, parsed)
+        if verdict:
+            raise QuarantineError(f"upstream spam verdict ({verdict})")
+        bounce = read_bounce(settings, parsed, item.mail_from, addressed_to(parsed, item.rcpt_tos))
+        if bounce is not None:
+            self._bounce(session, item, parsed, bounce, now)
             return
 
         envelope = Envelope(item.mail_from, tuple(item.rcpt_tos), item.channel)
@@ -217,8 +228,17 @@ class Processor:
             log.info("message %s ignored: %s", parsed.message_id, d.reason)
             return
 
+        if d.kind == "requester" and "automatic" not in d.flags:
+            repo.clear_bounce(session, parsed.from_addr)  # it writes again: notices may go to it again
         if d.verb == "open":
             assert d.new_ticket is not None
+            recent = repo.tickets_opened_since(session, parsed.from_addr, now - dt.timedelta(hours=1))
+            if recent >= self.settings.limits.new_tickets_per_hour:
+                self.counters.held += 1
+                raise QuarantineError(
+                    f"{parsed.from_addr} opened {recent} tickets in the last hour "
+                    f"(limits.new_tickets_per_hour = {self.settings.limits.new_tickets_per_hour})"
+                )
             ticket = self._open(session, parsed, d.new_ticket, now)
         else:
             ticket = session.get(Ticket, d.ticket_id)
@@ -293,6 +313,40 @@ class Processor:
         if applied or note:
             session.add(Journal(ticket_id=ticket.id, at=now, author=author, changes=applied, note=note))
 
+    def _bounce(self, session: Session, item: InboxItem, parsed: Parsed, b: Bounce, now: dt.datetime) -> None:
+        """Mark who bounces, journal it on the ticket, send nothing back (SPEC §6)."""
+        failed: dict[str, str] = {a: "permanent" for a in b.permanent}
+        failed.update({a: "transient" for a in b.temporary if a not in failed})
+        ticket_ids: list[int] = []
+        if b.outbox_id is not None:
+            row = session.get(OutboxItem, b.outbox_id)
+            if row is not None:
+                # The VERP address names the recipient even when the body says nothing readable.
+                failed[row.recipient] = "transient" if row.recipient in b.temporary and \
+                    row.recipient not in b.permanent else "permanent"
+                if row.ticket_id:
+                    ticket_ids.append(row.ticket_id)
+        for mid in own_message_ids(self.settings, parsed.raw):
+            tid = repo.tickets_for_message_ids(session, [mid]).get(mid)
+            if tid and tid not in ticket_ids:
+                ticket_ids.append(tid)
+        for addr, kind in failed.items():
+            repo.mark_bounce(session, addr, kind)
+        self.counters.bounces += 1
+        what = ", ".join(f"{a} ({'permanente' if k == 'permanent' else 'temporal'})" for a, k in failed.items())
+        log.info("bounce %s: %s", parsed.message_id or item.id, what or "no recipient named")
+        if not ticket_ids:
+            item.state, item.error = "ignored", f"bounce for no known message: {what or 'no recipient named'}"
+            return
+        for tid in ticket_ids:
+            session.add(Journal(ticket_id=tid, at=now, author="maild", note=f"Rebote: {what}"))
+        session.add(Message(
+            ticket_id=ticket_ids[0], message_id=parsed.message_id or new_message_id(self.settings),
+            direction="in", kind="notice", from_addr=parsed.from_addr, to_addrs=list(parsed.to),
+            subject=parsed.subject, text=parsed.text[:20000], raw=parsed.raw, inbox_id=item.id, created_at=now,
+        ))
+        item.state, item.ticket_id, item.error = "done", ticket_ids[0], ""
+
     def _watchers(self, session: Session, ticket: Ticket, d: Decision, now: dt.datetime) -> None:
         current = set(repo.watchers(session, ticket.id))
         notes = []
@@ -353,6 +407,8 @@ class Processor:
                 d: Decision, now: dt.datetime) -> None:
         settings = self.settings
         recipients = self._recipients(session, ticket, notify.audience, source)
+        if notify.template in NOTICE_KINDS:
+            recipients = [r for r in recipients if not self._held(session, ticket, notify.template, r, now)]
         if not recipients:
             session.add(Journal(ticket_id=ticket.id, at=now, author="maild",
                                 note=f"Aviso '{notify.template}' sin destinatarios"))
@@ -394,7 +450,8 @@ class Processor:
                 from_name=from_name, from_addr=from_addr, to=rcpt, subject=subject, body=body,
                 message_id=message_id, reply_to=reply_to, in_reply_to=in_reply_to, references=refs,
                 auto_submitted=auto, language=lang, attachments=files,
-                extra={"X-Maild-Ticket": str(ticket.id), "X-Maild-Notice": notify.template},
+                extra={"X-Maild-Ticket": str(ticket.id), "X-Maild-Notice": notify.template,
+                       "X-Maild-Loop": settings.mail.domain},
             )
             session.add(OutboxItem(ticket_id=ticket.id, kind=notify.template, recipient=rcpt,
                                    message_id=message_id, raw=raw, created_at=now, next_attempt_at=now))
@@ -406,6 +463,24 @@ class Processor:
 
     def _source_attachments(self, session: Session, source: Message) -> list[Attachment]:
         return list(session.exec(select(Attachment).where(Attachment.message_id == source.id)))
+
+    def _held(self, session: Session, ticket: Ticket, template: str, rcpt: str, now: dt.datetime) -> bool:
+        """Rate limits on notices, per recipient and per ticket, in sliding windows (SPEC §6)."""
+        for seconds, limit in notice_tiers(self.settings.limits.notices_per_hour):
+            since = now - dt.timedelta(seconds=seconds)
+            for scope, count in (
+                ("recipient", repo.notices_since(session, NOTICE_KINDS, since, recipient=rcpt)),
+                ("ticket", repo.notices_since(session, NOTICE_KINDS, since, ticket_id=ticket.id)),
+            ):
+                if count >= limit:
+                    self.counters.held += 1
+                    window = f"{seconds // 60} min" if seconds < 3600 else f"{seconds // 3600} h"
+                    note = (f"Aviso '{template}' a {rcpt} retenido: {count} avisos por {scope} en {window} "
+                            f"(límite {limit}, limits.notices_per_hour)")
+                    session.add(Journal(ticket_id=ticket.id, at=now, author="maild", note=note))
+                    log.warning("ticket %s: %s", ticket.id, note)
+                    return True
+        return False
 
     def _outgoing_files(self, session: Session, atts: list[Attachment]) -> tuple[OutAttachment, ...]:
         files = []
@@ -422,3 +497,36 @@ def safe_filename(name: str) -> str:
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*').strip(" .")
     return (name or "attachment")[:120]
+
+
+NOTICE_KINDS = ("opened", "in_progress", "closed", "command_error")
+
+
+def notice_tiers(per_hour: int) -> tuple[tuple[int, int], ...]:
+    """(window seconds, most notices) tiers: a burst of 10 in 10 minutes must not become 100 in an hour."""
+    return ((600, max(2, -(-per_hour // 3))), (3600, per_hour), (86400, per_hour * 4))
+
+
+def spam_verdict(settings: Settings, parsed: Parsed) -> str:
+    """The upstream filter's verdict, when it says spam (X-Spam-Flag: YES, or a score over the threshold)."""
+    sec = settings.security
+    flag = parsed.headers.get(sec.spam_flag_header.lower(), "")
+    if flag.strip().upper().startswith("YES"):
+        return f"{sec.spam_flag_header}: {flag}"
+    if sec.spam_score_threshold > 0:
+        raw_score = parsed.headers.get(sec.spam_score_header.lower(), "")
+        match = re.match(r"\s*(-?\d+(?:\.\d+)?)", raw_score)
+        if match and float(match.group(1)) >= sec.spam_score_threshold:
+            return f"{sec.spam_score_header}: {raw_score.strip()} >= {sec.spam_score_threshold}"
+    return ""
+
+
+def own_message_ids(settings: Settings, raw: bytes) -> list[str]:
+    """Message-IDs at our domain quoted in a bounce (the returned headers name the original message)."""
+    pattern = re.compile(rb"<([^<>\s@]+@" + re.escape(settings.mail.domain.encode()) + rb")>", re.IGNORECASE)
+    out: list[str] = []
+    for m in pattern.finditer(raw[:200_000]):
+        mid = m.group(1).decode("ascii", "replace")
+        if mid not in out:
+            out.append(mid)
+    return out[:20]

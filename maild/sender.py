@@ -26,7 +26,7 @@ from maild.config import Settings
 from maild.errors import ConfigError
 from maild.storage import repo
 from maild.storage.db import transaction
-from maild.storage.models import OutboxItem, utcnow
+from maild.storage.models import Journal, OutboxItem, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,11 @@ class Sender:
                     if permanent or too_old:
                         row.state = "failed"
                         log.error("outbox %s to %s failed for good: %s", row.id, row.recipient, error)
+                        if permanent:
+                            repo.mark_bounce(session, row.recipient, "permanent")
+                        if row.ticket_id:
+                            session.add(Journal(ticket_id=row.ticket_id, at=now, author="maild",
+                                                note=f"Entrega fallida a {row.recipient}: {error[:300]}"))
                     else:
                         delay = min(ob.retry_base_seconds * 2 ** (row.attempts - 1), ob.retry_max_seconds)
                         row.next_attempt_at = now + dt.timedelta(seconds=delay)

@@ -128,6 +128,39 @@ def contact(session: Session, address: str, name: str = "") -> Contact:
     return found
 
 
+def clear_bounce(session: Session, address: str) -> None:
+    if address:
+        session.execute(update(Contact).where(col(Contact.address) == address, col(Contact.bounce) != "")
+                        .values(bounce=""))
+
+
+def mark_bounce(session: Session, address: str, kind: str) -> None:
+    """kind: permanent | transient. A transient failure never softens a permanent one."""
+    found = session.exec(select(Contact).where(Contact.address == address)).first()
+    if found is None:
+        return  # not someone maild writes to on its own (staff, a group address)
+    if kind == "permanent" or found.bounce != "permanent":
+        found.bounce = kind
+        session.add(found)
+
+
+def tickets_opened_since(session: Session, address: str, since: dt.datetime) -> int:
+    stmt = (select(func.count()).select_from(Ticket).join(Contact, Contact.id == Ticket.requester_id)
+            .where(Contact.address == address, col(Ticket.created_at) >= since))
+    return session.exec(stmt).one()
+
+
+def notices_since(session: Session, kinds: Sequence[str], since: dt.datetime, *, recipient: str | None = None,
+                  ticket_id: int | None = None) -> int:
+    stmt = select(func.count(func.distinct(OutboxItem.message_id))).where(
+        col(OutboxItem.kind).in_(kinds), col(OutboxItem.created_at) >= since)
+    if recipient is not None:
+        stmt = stmt.where(OutboxItem.recipient == recipient)
+    if ticket_id is not None:
+        stmt = stmt.where(OutboxItem.ticket_id == ticket_id)
+    return session.exec(stmt).one()
+
+
 def active_staff_map(session: Session) -> dict[str, Staff]:
     return {s.address: s for s in session.exec(select(Staff).where(Staff.active == True))}  # noqa: E712
 

@@ -2,12 +2,13 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 19:36:21.783632
+Create Date: 2026-11-24 19:43:04.502806
 """
 
 import sqlalchemy as sa
 import sqlmodel
 from alembic import op
+
 
 revision = '0001'
 down_revision = None
@@ -75,6 +76,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index('ix_outbox_due', ['state', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_outbox_recipient_created', ['recipient', 'created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_ticket_id'), ['ticket_id'], unique=False)
 
     op.create_table('staff',
@@ -203,6 +205,7 @@ def downgrade() -> None:
     op.drop_table('staff')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_outbox_ticket_id'))
+        batch_op.drop_index('ix_outbox_recipient_created')
         batch_op.drop_index('ix_outbox_due')
 
     op.drop_table('outbox')
