@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.utils import getaddresses, parseaddr
 
@@ -78,8 +79,8 @@ def clean_header(value: object) -> str:
     if "=?" in text:
         try:
             text = str(make_header(decode_header(text)))
-        except (ValueError, LookupError, UnicodeError):
-            pass
+        except (ValueError, LookupError, UnicodeError, HeaderParseError):
+            pass  # a broken encoded-word stays as it came: readable, and one line below
     return _SPACE.sub(" ", text).strip()
 
 
@@ -152,6 +153,8 @@ def parse(raw: bytes, max_parts: int = 500) -> Parsed:
             )
         )
 
+    if len(attachments) > max_parts:
+        raise RejectError(f"{len(attachments)} attachments: more than {max_parts} MIME parts (limits.max_parts)")
     key, mid = dedup_key(raw)
     return Parsed(
         raw=raw,

@@ -366,6 +366,7 @@ class Processor:
 
     def _attachments(self, session: Session, message: Message, parsed: Parsed) -> list[str]:
         dropped = []
+        stored: set[str] = set()
         limit = self.settings.limits.max_attachment_bytes
         for att in parsed.attachments:
             name = safe_filename(att.filename)
@@ -374,7 +375,9 @@ class Processor:
                 session.add(Attachment(message_id=message.id, filename=name, content_type=att.content_type,
                                        size=len(att.data), dropped=f"larger than {limit} bytes"))
                 continue
-            repo.store_blob(session, att.sha256, att.data)
+            if att.sha256 not in stored:  # the same bytes twice in one message: one blob
+                repo.store_blob(session, att.sha256, att.data)
+                stored.add(att.sha256)
             session.add(Attachment(message_id=message.id, filename=name, content_type=att.content_type,
                                    size=len(att.data), sha256=att.sha256))
         return dropped
@@ -398,7 +401,10 @@ class Processor:
             if not addr or addr in out or addresses.never_send_to(addr) or addresses.is_own(self.settings, addr):
                 continue
             if contact.bounce == "permanent":
-                log.info("ticket %s: no mail to %s, it bounces permanently", ticket.id, addr)
+                # Held until the address writes again (SPEC §6); journaled, never silent.
+                self.counters.held += 1
+                session.add(Journal(ticket_id=ticket.id, at=self.clock(), author="maild",
+                                    note=f"Aviso retenido: {addr} rebota permanentemente"))
                 continue
             out.append(addr)
         return out
