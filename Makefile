@@ -7,7 +7,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env run test lint bench clean
+.PHONY: env deps run test lint bench clean
+
+# Servers the tests start themselves (each in a temp directory, on 127.0.0.1),
+# installed from Debian's packages when missing.
+APT_NEEDS := dovecot:dovecot-imapd
 
 env: $(STAMP)
 
@@ -26,7 +30,17 @@ run: env
 	  sink=$$!; trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
 	  $(BIN)/maild --config config.toml serve
 
-test: env
+deps:
+	@missing=""; for pair in $(APT_NEEDS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+test: env deps
 	$(BIN)/ruff check maild storage cli tests bench
 	$(BIN)/pytest -q
 

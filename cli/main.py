@@ -123,7 +123,7 @@ def ingest(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="the message file, or - for standard input")] = "-",
     recipient: Annotated[list[str] | None, typer.Option("--recipient", help="envelope recipient (repeatable)")] = None,
-    sender: Annotated[str, typer.Option("--sender", help="envelope sender")] = "",
+    sender: Annotated[str | None, typer.Option("--sender", help="envelope sender ('' or <> for the null sender)")] = None,
 ) -> None:
     """Take one message from a file or stdin (for an MTA pipe). Exit 0 stored, 75 retry later, 65 never."""
     from maild.storage.inbox import inbox_row, store_now
@@ -138,7 +138,8 @@ def ingest(
         if not raw.strip() or b":" not in head.split(b"\n", 1)[0]:
             raise RejectError("input is not an e-mail message (no header block)")
         rcpts = recipient or [settings.mail.support_address]
-        store_now(engine_from(settings), [inbox_row(raw, "pipe", "" if sender == "<>" else sender, rcpts)])
+        mail_from = None if sender is None else ("" if sender in ("<>", "") else sender)
+        store_now(engine_from(settings), [inbox_row(raw, "pipe", mail_from, rcpts)])
     except RejectError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(EX_DATAERR) from None

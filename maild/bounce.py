@@ -32,7 +32,7 @@ class Bounce:
     temporary: frozenset[str]
 
 
-def looks_like_bounce(parsed: Parsed, mail_from: str, verp: int | None) -> bool:
+def looks_like_bounce(parsed: Parsed, mail_from: str | None, verp: int | None) -> bool:
     ctype = parsed.headers.get("content-type", "").lower()
     return (
         verp is not None
@@ -50,7 +50,8 @@ def verp_outbox_id(settings: Settings, addresses: Iterable[str]) -> int | None:
     return None
 
 
-def read_bounce(settings: Settings, parsed: Parsed, mail_from: str, addresses: Iterable[str]) -> Bounce | None:
+def read_bounce(settings: Settings, parsed: Parsed, mail_from: str | None,
+                addresses: Iterable[str]) -> Bounce | None:
     """A `Bounce` when this message is a delivery failure report, else None."""
     verp = verp_outbox_id(settings, addresses)
     if not looks_like_bounce(parsed, mail_from, verp):

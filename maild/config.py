@@ -114,6 +114,9 @@ class ImapSettings(_Section):
     processed_folder: str = "maild-processed"
     idle: bool = True
     poll_seconds: int = Field(60, ge=1)
+    # RFC 2177: re-issue IDLE before the server's 29-minute limit.
+    idle_seconds: int = Field(25 * 60, ge=1, le=29 * 60)
+    ca_file: str = ""  # a CA bundle for a server with a private certificate
 
     @model_validator(mode="after")
     def _plain_only_local(self) -> ImapSettings:

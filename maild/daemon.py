@@ -52,6 +52,7 @@ class Daemon:
         self._smtp_port_override = smtp_port
         self.processor = Processor(settings, engine, Renderer(), dnsfunc=dnsfunc, clock=clock)
         self.sender: Sender | None = None
+        self.imap = None
         self.writer: InboxWriter | None = None
         self.smtp_port: int | None = None
         self._tasks: list[asyncio.Task] = []
@@ -78,6 +79,12 @@ class Daemon:
             asyncio.create_task(self._process_loop(), name="processor"),
             asyncio.create_task(self.sender.run(idle_seconds=self.poll_seconds), name="sender"),
         ]
+        if self.settings.imap.enabled:
+            from maild.imap import ImapReader
+
+            self.imap = ImapReader(self.settings, self.engine,
+                                   on_stored=lambda: loop.call_soon_threadsafe(self._work.set))
+            self._tasks.append(asyncio.create_task(self.imap.run(), name="imap"))
         self._server, self._handler = await smtp.start(self.settings, self.writer, port=self._smtp_port_override)
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         log.info("listening for %s on %s:%s", "LMTP" if self.settings.smtp.lmtp else "SMTP",
@@ -93,6 +100,8 @@ class Daemon:
         self._stopping = True
         if self._handler is not None:
             self._handler.accepting = False
+        if self.imap is not None:
+            self.imap.stop()  # its thread leaves within a second, after the batch in hand is committed
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -109,6 +118,9 @@ class Daemon:
                 ):
                     pass
         for task in self._tasks:
+            if task.get_name() == "imap":
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 5)
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -45,7 +45,7 @@ class TicketView:
 
 @dataclass(frozen=True)
 class Envelope:
-    mail_from: str
+    mail_from: str | None  # "" is the null sender; None when the channel does not know it
     rcpt_tos: tuple[str, ...]
     channel: str
 
@@ -113,7 +113,7 @@ def automatic_reason(settings: Settings, parsed: Parsed, envelope: Envelope) -> 
         return f"X-Precedence: {parsed.headers['x-precedence']}"
     if parsed.headers.get("x-maild-loop", "").lower() == settings.mail.domain:
         return "maild's own loop marker"
-    if not envelope.mail_from or envelope.mail_from == "<>":
+    if envelope.mail_from == "" or (envelope.mail_from is None and parsed.headers.get("return-path") == "<>"):
         return "null envelope sender"
     if parsed.from_addr and is_own(settings, parsed.from_addr):
         return "sent from one of maild's own addresses"

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 
 
-def inbox_row(raw: bytes, channel: str, mail_from: str, rcpt_tos: list[str]) -> dict:
+def inbox_row(raw: bytes, channel: str, mail_from: str | None, rcpt_tos: list[str]) -> dict:
     key, mid = dedup_key(raw)
     now = utcnow()
     return {
@@ -62,7 +62,7 @@ class InboxWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maild-inbox")
         self._closed = False
 
-    async def put(self, raw: bytes, channel: str, mail_from: str, rcpt_tos: list[str]) -> None:
+    async def put(self, raw: bytes, channel: str, mail_from: str | None, rcpt_tos: list[str]) -> None:
         """Returns once the message is committed; raises TransientError when it could not be."""
         if self._closed:
             raise TransientError("maild is shutting down")

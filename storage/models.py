@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -120,7 +120,7 @@ class InboxItem(SQLModel, table=True):
     dedup_key: str
     message_id: str = Field(default="", index=True)
     channel: str  # smtp | lmtp | imap | pipe
-    mail_from: str = ""
+    mail_from: str | None = None  # "" is the null sender <>; None: not known (IMAP without Return-Path)
     rcpt_tos: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     state: str = Field(default="new", index=True)
@@ -157,3 +157,13 @@ class OutboxItem(SQLModel, table=True):
     last_error: str = ""
     created_at: dt.datetime = Field(default_factory=utcnow)
     sent_at: dt.datetime | None = None
+
+
+class ImapState(SQLModel, table=True):
+    """The last UIDVALIDITY seen per mailbox, so a change is noticed and logged."""
+
+    __tablename__ = "imap_state"
+
+    mailbox: str = Field(primary_key=True)
+    uidvalidity: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: dt.datetime = Field(default_factory=utcnow)

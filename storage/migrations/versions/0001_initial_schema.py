@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-24 19:43:04.502806
+Create Date: 2026-11-24 19:50:17.051916
 """
 
 import sqlalchemy as sa
@@ -35,12 +35,18 @@ def upgrade() -> None:
     with op.batch_alter_table('contact', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_contact_address'), ['address'], unique=True)
 
+    op.create_table('imap_state',
+    sa.Column('mailbox', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('uidvalidity', sa.BigInteger(), nullable=False),
+    sa.Column('updated_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('mailbox')
+    )
     op.create_table('inbox',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('dedup_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('message_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.Column('channel', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
-    sa.Column('mail_from', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('mail_from', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
     sa.Column('rcpt_tos', sa.JSON(), nullable=False),
     sa.Column('raw', sa.LargeBinary(), nullable=False),
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -213,6 +219,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_inbox_message_id'))
 
     op.drop_table('inbox')
+    op.drop_table('imap_state')
     with op.batch_alter_table('contact', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_contact_address'))
 

@@ -1,0 +1,166 @@
+"""Real servers the tests start themselves, each in its own temp directory on 127.0.0.1.
+
+Dovecot (Debian's dovecot-imapd) with a passwd-file user and a Maildir;
+`make test` installs the package when missing. A test that needs a server
+the machine lacks fails with the command that installs it, never skips
+silently.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class Dovecot:
+    """A throwaway Dovecot: `user`/`password`, Maildir under `root/home/user/Maildir`."""
+
+    user = "support"
+    password = "s3cret-test"
+
+    def __init__(self, root: Path | None = None) -> None:
+        if not os.path.exists(DOVECOT):
+            raise RuntimeError("dovecot is not installed: run 'make test' (apt-get install dovecot-imapd)")
+        # Dovecot refuses to run mail processes as root: as root, mail belongs to 'nobody', and the
+        # directory must be reachable by it (pytest's tmp_path under root is not).
+        self.root = root or Path(tempfile.mkdtemp(prefix="maild-dovecot-"))
+        os.chmod(self.root, 0o755)
+        if os.getuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            self.uid, self.gid = nobody.pw_uid, nobody.pw_gid
+        else:
+            self.uid, self.gid = os.getuid(), os.getgid()
+        self.port = free_port()
+        self.home = self.root / "home" / self.user
+        self.maildir = self.home / "Maildir"
+        self.conf = self.root / "dovecot.conf"
+        self.instance = f"maild-test-{uuid.uuid4().hex[:8]}"
+        self.proc: subprocess.Popen | None = None
+
+    def write_config(self) -> None:
+        for d in ("run", "state", "home"):
+            (self.root / d).mkdir(parents=True, exist_ok=True)
+        (self.maildir / "new").mkdir(parents=True, exist_ok=True)
+        (self.maildir / "cur").mkdir(exist_ok=True)
+        (self.maildir / "tmp").mkdir(exist_ok=True)
+        (self.root / "passwd").write_text(f"{self.user}:{{PLAIN}}{self.password}::::::\n")
+        uid, gid = self.uid, self.gid
+        for path in (self.root / "home").rglob("*"):
+            os.chown(path, uid, gid)
+        os.chown(self.root / "home", uid, gid)
+        self.conf.write_text(f"""
+base_dir = {self.root}/run
+state_dir = {self.root}/state
+instance_name = {self.instance}
+log_path = {self.root}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:~/Maildir
+first_valid_uid = 0
+mail_uid = {uid}
+mail_gid = {gid}
+default_internal_user = dovecot
+default_login_user = dovenull
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {self.root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={self.root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+""")
+        os.chmod(self.root, 0o755)
+
+    def start(self) -> Dovecot:
+        if not self.conf.exists():
+            self.write_config()
+        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            self.stop()
+            log = (self.root / "dovecot.log").read_text() if (self.root / "dovecot.log").exists() else ""
+            raise RuntimeError(f"dovecot did not start: {log[-2000:]}") from None
+        return self
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Its imap processes can outlive the master; a stopped server drops its clients.
+        subprocess.run(["pkill", "-KILL", "-f", f"dovecot-{self.instance}/"], check=False)
+        self.proc = None
+
+    def deliver(self, raw: bytes, folder: str = "INBOX") -> None:
+        """Drop a message straight into the Maildir, as a local delivery agent would."""
+        base = self.maildir if folder == "INBOX" else self.maildir / f".{folder}"
+        for d in ("new", "cur", "tmp"):
+            (base / d).mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns()}.{uuid.uuid4().hex}.maild-test"
+        tmp = base / "tmp" / name
+        tmp.write_bytes(raw)
+        os.chown(tmp, self.uid, self.gid)
+        for d in (base, base / "new", base / "cur", base / "tmp"):
+            os.chown(d, self.uid, self.gid)
+        tmp.rename(base / "new" / name)
+
+    def client(self):
+        from imapclient import IMAPClient
+
+        c = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=10)
+        c.login(self.user, self.password)
+        return c
