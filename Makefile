@@ -47,8 +47,9 @@ test: env deps
 lint: env
 	$(BIN)/ruff check maild storage cli tests bench
 
-bench: env
+bench: env deps
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/imap_sync.py
 
 clean:
 	rm -rf $(VENV) var build dist *.egg-info
