@@ -44,7 +44,7 @@ class Dovecot:
     user = "support"
     password = "s3cret-test"
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, tls: bool = False) -> None:
         if not os.path.exists(DOVECOT):
             raise RuntimeError("dovecot is not installed: run 'make test' (apt-get install dovecot-imapd)")
         # Dovecot refuses to run mail processes as root: as root, mail belongs to 'nobody', and the
@@ -60,6 +60,9 @@ class Dovecot:
         self.home = self.root / "home" / self.user
         self.maildir = self.home / "Maildir"
         self.conf = self.root / "dovecot.conf"
+        self.tls = tls
+        self.tls_port = free_port() if tls else 0
+        self.ca_file = self.root / "ca.pem"
         self.instance = f"maild-test-{uuid.uuid4().hex[:8]}"
         self.proc: subprocess.Popen | None = None
 
@@ -71,6 +74,13 @@ class Dovecot:
         (self.maildir / "tmp").mkdir(exist_ok=True)
         (self.root / "passwd").write_text(f"{self.user}:{{PLAIN}}{self.password}::::::\n")
         uid, gid = self.uid, self.gid
+        ssl_conf = "ssl = no"
+        if self.tls:
+            cert, key = self_signed_cert()
+            (self.root / "cert.pem").write_bytes(cert)
+            (self.root / "key.pem").write_bytes(key)
+            self.ca_file.write_bytes(cert)
+            ssl_conf = f"ssl = yes\nssl_cert = <{self.root}/cert.pem\nssl_key = <{self.root}/key.pem"
         for path in (self.root / "home").rglob("*"):
             os.chown(path, uid, gid)
         os.chown(self.root / "home", uid, gid)
@@ -81,7 +91,7 @@ instance_name = {self.instance}
 log_path = {self.root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+{ssl_conf}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:~/Maildir
@@ -104,7 +114,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.tls_port}
   }}
 }}
 service anvil {{
@@ -164,3 +175,30 @@ service imap-login {{
         c = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=10)
         c.login(self.user, self.password)
         return c
+
+
+def self_signed_cert() -> tuple[bytes, bytes]:
+    """A certificate for 127.0.0.1 and localhost, its own CA, valid for a day."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                    x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()))

@@ -265,3 +265,29 @@ def test_missing_password_is_a_config_error(make_settings, engine, monkeypatch):
     settings = make_settings(imap={"enabled": True, "tls": "none", "password_env": "NOPE_PW"})
     with pytest.raises(ConfigError, match="imap: no password"):
         ImapReader(settings, engine)
+
+
+@pytest.mark.parametrize("mode", ["tls", "starttls"])
+def test_tls_and_starttls_with_a_private_ca(make_settings, engine, monkeypatch, mode):
+    d = Dovecot(tls=True)
+    d.start()
+    try:
+        monkeypatch.setenv(PW_ENV, d.password)
+        port = d.tls_port if mode == "tls" else d.port
+        settings = make_settings(imap={"enabled": True, "port": port, "tls": mode, "user": d.user,
+                                       "password_env": PW_ENV, "ca_file": str(d.ca_file)})
+        d.deliver(consulta(1))
+        reader = ImapReader(settings, engine)
+        c = reader.connect()
+        reader.select(c)
+        assert reader.sync(c) == 1
+        c.logout()
+        # without the CA the certificate is refused: no silent downgrade
+        import ssl
+
+        untrusted = make_settings(imap={"enabled": True, "port": port, "tls": mode, "user": d.user,
+                                        "password_env": PW_ENV})
+        with pytest.raises(ssl.SSLError):
+            ImapReader(untrusted, engine).connect()
+    finally:
+        d.cleanup()
