@@ -291,3 +291,17 @@ def test_tls_and_starttls_with_a_private_ca(make_settings, engine, monkeypatch, 
             ImapReader(untrusted, engine).connect()
     finally:
         d.cleanup()
+
+
+async def test_poll_fallback_and_password_file(imap_settings, engine, dovecot, tmp_path):
+    pw = tmp_path / "imap.password"
+    pw.write_text(dovecot.password + "\n")
+    reader = ImapReader(imap_settings(idle=False, poll_seconds=1, password_env="", password_file=str(pw)), engine)
+    task = asyncio.create_task(reader.run())
+    try:
+        await wait_until(reader.connected.is_set)
+        dovecot.deliver(consulta(9))
+        await wait_until(lambda: count(engine) == 1, timeout=10)
+    finally:
+        reader.stop()
+        await asyncio.wait_for(task, 10)
