@@ -25,7 +25,9 @@ $(STAMP): pyproject.toml
 # debugging smarthost on 127.0.0.1:2526, consultas taken on 127.0.0.1:2525.
 run: env
 	$(BIN)/maild --config config.toml init
-	@echo "maild: SMTP on 127.0.0.1:2525; outgoing mail is printed below (smarthost 127.0.0.1:2526)"
+	$(BIN)/maild --config config.toml kb sync kb
+	@echo "maild: consultas by SMTP on 127.0.0.1:2525; the knowledge base at http://127.0.0.1:8080/"
+	@echo "       outgoing mail is printed below (the demo smarthost on 127.0.0.1:2526)"
 	@$(BIN)/python -m aiosmtpd -n -l 127.0.0.1:2526 -c aiosmtpd.handlers.Debugging & \
 	  sink=$$!; trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
 	  $(BIN)/maild --config config.toml serve

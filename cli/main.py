@@ -119,6 +119,20 @@ def serve(ctx: typer.Context) -> None:
 
 
 @app.command()
+def web(ctx: typer.Context) -> None:
+    """Run only the knowledge-base website (web.listen), until SIGTERM."""
+    import uvicorn
+
+    from maild.web import Site
+
+    settings = settings_from(ctx, need_secret=False)
+    setup_logging((ctx.find_root().obj or {}).get("verbose", False))
+    host, _, port = settings.web.listen.rpartition(":")
+    uvicorn.run(Site(settings, engine_from(settings)).app, host=host, port=int(port), log_level="warning",
+                lifespan="off", server_header=False)
+
+
+@app.command()
 def ingest(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="the message file, or - for standard input")] = "-",
@@ -154,13 +168,14 @@ def ingest(
 
 def _register() -> None:
     from maild.cli import dkim as dkim_cli
-    from maild.cli import queues, staff, tickets
+    from maild.cli import kb, queues, staff, tickets
 
     app.add_typer(tickets.app, name="tickets")
     app.add_typer(staff.app, name="staff")
     app.add_typer(queues.inbox_app, name="inbox")
     app.add_typer(queues.outbox_app, name="outbox")
     app.add_typer(dkim_cli.app, name="dkim")
+    app.add_typer(kb.app, name="kb")
 
 
 _register()

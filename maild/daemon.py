@@ -43,16 +43,20 @@ class Daemon:
         clock: Callable[[], dt.datetime] = utcnow,
         grace_seconds: float = 10.0,
         poll_seconds: float = 1.0,
+        with_web: bool = True,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock
         self.grace_seconds = grace_seconds
+        self.with_web = with_web
         self.poll_seconds = poll_seconds
         self._smtp_port_override = smtp_port
         self.processor = Processor(settings, engine, Renderer(), dnsfunc=dnsfunc, clock=clock)
         self.sender: Sender | None = None
         self.imap = None
+        self.web = None
+        self.web_port: int | None = None
         self.writer: InboxWriter | None = None
         self.smtp_port: int | None = None
         self._tasks: list[asyncio.Task] = []
@@ -85,10 +89,35 @@ class Daemon:
             self.imap = ImapReader(self.settings, self.engine,
                                    on_stored=lambda: loop.call_soon_threadsafe(self._work.set))
             self._tasks.append(asyncio.create_task(self.imap.run(), name="imap"))
+        if self.with_web:
+            await self._start_web()
         self._server, self._handler = await smtp.start(self.settings, self.writer, port=self._smtp_port_override)
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         log.info("listening for %s on %s:%s", "LMTP" if self.settings.smtp.lmtp else "SMTP",
                  self._server.sockets[0].getsockname()[0], self.smtp_port)
+
+    async def _start_web(self) -> None:
+        import uvicorn
+
+        from maild.web import Site
+
+        class Embedded(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # the daemon owns SIGTERM and SIGINT
+                yield
+
+        host, _, port = self.settings.web.listen.rpartition(":")
+        config = uvicorn.Config(Site(self.settings, self.engine).app, host=host, port=int(port),
+                                log_level="warning", lifespan="off", server_header=False, access_log=False)
+        self.web = Embedded(config)
+        self._tasks.append(asyncio.create_task(self.web.serve(), name="web"))
+        while not self.web.started:
+            if self._tasks[-1].done():
+                self._tasks[-1].result()  # startup failed (port taken): raise it
+                raise OSError(f"web: cannot listen on {self.settings.web.listen}")
+            await asyncio.sleep(0.01)
+        self.web_port = self.web.servers[0].sockets[0].getsockname()[1]
+        log.info("knowledge base on http://%s:%s/", host, self.web_port)
 
     def _recover(self) -> int:
         with transaction(self.engine) as session:
@@ -100,6 +129,8 @@ class Daemon:
         self._stopping = True
         if self._handler is not None:
             self._handler.accepting = False
+        if self.web is not None:
+            self.web.should_exit = True
         if self.imap is not None:
             self.imap.stop()  # its thread leaves within a second, after the batch in hand is committed
         if self._server is not None:
@@ -118,7 +149,7 @@ class Daemon:
                 ):
                     pass
         for task in self._tasks:
-            if task.get_name() == "imap":
+            if task.get_name() in ("imap", "web"):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), 5)
             task.cancel()

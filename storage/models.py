@@ -167,3 +167,22 @@ class ImapState(SQLModel, table=True):
     mailbox: str = Field(primary_key=True)
     uidvalidity: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Article(SQLModel, table=True):
+    """One language version of a knowledge-base article, loaded by `maild kb sync`."""
+
+    __table_args__ = (UniqueConstraint("slug", "language", name="uq_article_slug_language"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(index=True)
+    language: str
+    category: str = Field(index=True)
+    subcategory: str
+    title: str
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    body: str  # Markdown, as written; rendered and sanitised when shown
+    search_text: str = ""  # title and body folded (no case, no accents), for full-text search
+    source: str = ""  # the file it came from, relative to the synced directory
+    checksum: str = ""
+    updated_at: dt.datetime = Field(default_factory=utcnow)
