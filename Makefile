@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 # Servers the tests start themselves (each in a temp directory, on 127.0.0.1),
 # installed from Debian's packages when missing.
-APT_NEEDS := dovecot:dovecot-imapd
+APT_NEEDS := dovecot:dovecot-imapd chromium:chromium
 
 env: $(STAMP)
 
