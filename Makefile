@@ -52,6 +52,7 @@ lint: env
 bench: env deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/imap_sync.py
+	$(BIN)/python bench/web.py
 
 clean:
 	rm -rf $(VENV) var build dist *.egg-info

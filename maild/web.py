@@ -9,15 +9,17 @@ scripts, ETags. Article HTML is rendered from Markdown and sanitised
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import quote
 
 import jinja2
 from sqlalchemy import Engine, func, text
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -155,21 +157,29 @@ class Site:
             chosen = kb.pick(found, lang)
             if chosen is None:
                 return None, [], found
-            related = [a for a in session.exec(
-                select(Article).where(Article.slug != slug, Article.subcategory == chosen.subcategory))]
+            # Related: the same subcategory first, then the category's articles sharing a tag
+            # (bounded reads: a category may hold thousands of articles).
+            cols = (Article.slug, Article.language, Article.title, Article.tags)  # no bodies
+            same_sub = [Link(*r) for r in session.exec(
+                select(*cols).where(Article.slug != slug, Article.category == chosen.category,
+                                    Article.subcategory == chosen.subcategory).limit(30))]
+            tagged = []
             if chosen.tags:
-                extra = [a for a in session.exec(select(Article).where(Article.slug != slug,
-                                                                       Article.category == chosen.category))
-                         if set(a.tags) & set(chosen.tags)]
-                related += extra
-            return chosen, kb.grouped(related, lang)[:6], found
+                tagged = [Link(*r) for r in session.exec(
+                    select(*cols).where(Article.slug != slug, Article.category == chosen.category)
+                    .order_by(col(Article.id)).limit(300)) if set(r[3]) & set(chosen.tags)]
+            related = kb.grouped(same_sub, lang)[:6]
+            seen = {a.slug for a in related}
+            related += [a for a in kb.grouped(tagged, lang) if a.slug not in seen][: 6 - len(related)]
+            return chosen, related, found
 
         chosen, related, found = await self.db(load)
         if chosen is None:
             raise HTTPException(404)
         cat = self.settings.category(chosen.category)
         sub = next((s for s in cat.subcategories if s.name.es == chosen.subcategory), None) if cat else None
-        return self.page(request, "article.html", lang, cookie, article=chosen, body=markdown(chosen.body),
+        return self.page(request, "article.html", lang, cookie, article=chosen,
+                         body=rendered(chosen.slug, chosen.language, chosen.checksum, chosen.body),
                          cat=cat, sub=sub, related=related, available=sorted(found),
                          fallback=chosen.language != lang)
 
@@ -252,6 +262,22 @@ class Site:
         lang, _ = negotiate(request, self.settings.tickets.default_language)
         return self.page(request, "error.html", lang, False, status=500, title=t("error", lang),
                          message=t("error_text", lang))
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a list of related articles needs of one, without its body."""
+
+    slug: str
+    language: str
+    title: str
+    tags: list[str]
+
+
+@functools.lru_cache(maxsize=2048)
+def rendered(slug: str, language: str, checksum: str, body: str) -> str:
+    """Sanitised HTML of an article version; the checksum in the key retires it when the file changes."""
+    return markdown(body)
 
 
 class _Headers:

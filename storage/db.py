@@ -39,10 +39,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _sqlite_begin(conn) -> None:
-    # IMMEDIATE takes the write lock up front: a deferred transaction that reads,
-    # then writes after another connection committed, fails at once with
-    # SQLITE_BUSY_SNAPSHOT instead of waiting.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers (transaction()) BEGIN IMMEDIATE: it takes the write lock up front, where
+    # a deferred transaction that reads, then writes after another connection
+    # committed, fails at once with SQLITE_BUSY_SNAPSHOT. Readers (the web pages)
+    # stay deferred, so WAL lets them run side by side.
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def make_engine(url: str, base_dir: Path | None = None) -> Engine:
@@ -139,6 +141,7 @@ def gate(engine: Engine) -> WriteGate:
 @contextlib.contextmanager
 def transaction(engine: Engine, *, autoflush: bool = True) -> Iterator[Session]:
     """One unit of work: commits on success, rolls back on any error."""
-    with gate(engine).hold(), Session(engine, expire_on_commit=False, autoflush=autoflush) as session:
+    bind = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
+    with gate(engine).hold(), Session(bind, expire_on_commit=False, autoflush=autoflush) as session:
         with session.begin():
             yield session
