@@ -25,7 +25,6 @@ $(STAMP): pyproject.toml
 # debugging smarthost on 127.0.0.1:2526, consultas taken on 127.0.0.1:2525.
 run: env
 	$(BIN)/maild --config config.toml init
-	$(BIN)/maild --config config.toml kb sync kb
 	@echo "maild: consultas by SMTP on 127.0.0.1:2525; the knowledge base at http://127.0.0.1:8080/"
 	@echo "       outgoing mail is printed below (the demo smarthost on 127.0.0.1:2526)"
 	@$(BIN)/python -m aiosmtpd -n -l 127.0.0.1:2526 -c aiosmtpd.handlers.Debugging & \

@@ -104,7 +104,7 @@ def maild_config(tmp: Path, smtp_port: int, smarthost: int) -> Path:
     cfg = cfg.replace("no-reply@example.org", "no-reply@soporte.example")
     cfg = cfg.replace('listen = "127.0.0.1:2525"', f'listen = "127.0.0.1:{smtp_port}"')
     cfg = cfg.replace("port = 2526", f"port = {smarthost}")
-    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"')
+    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"').replace('kb_dir = "kb"', 'kb_dir = ""')
     cfg = cfg.replace("new_tickets_per_hour = 20", "new_tickets_per_hour = 100000")
     cfg = cfg.replace("notices_per_hour = 30", "notices_per_hour = 100000")
     path = tmp / "config.toml"

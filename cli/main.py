@@ -166,9 +166,61 @@ def ingest(
         raise typer.Exit(EX_TEMPFAIL) from None
 
 
+@app.command()
+def stats(
+    ctx: typer.Context,
+    period: Annotated[str, typer.Option("--period", help="tickets created within, e.g. 30d, 12w")] = "30d",
+    as_json: JsonOpt = False,
+) -> None:
+    """Tickets by state and category; p50/p90 first-response and resolution hours per category."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from maild.cli.tickets import parse_duration
+    from maild.stats import stats as compute
+    from maild.storage.models import utcnow
+
+    settings = settings_from(ctx, need_secret=False)
+    data = compute(engine_from(settings), utcnow() - parse_duration(period))
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    console = Console()
+    console.print(f"{data['tickets']} ticket(s) created in the last {period}: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(data["by_state"].items())))
+    table = Table(title="by category (hours)")
+    for c in ("cat.", "tickets", "1st resp p50", "1st resp p90", "resolution p50", "resolution p90"):
+        table.add_column(c)
+    for code, c in data["by_category"].items():
+        table.add_row(code, str(c["tickets"]), *(("—" if v is None else f"{v:g}") for v in (
+            c["first_response_p50_h"], c["first_response_p90_h"], c["resolution_p50_h"], c["resolution_p90_h"])))
+    console.print(table)
+
+
+@app.command()
+def check(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Check config, database, smarthost, IMAP and the DKIM key and its DNS record, each with a verdict."""
+    import json
+
+    from maild.check import run_checks
+
+    settings = settings_from(ctx, need_secret=False)
+    results = run_checks(settings)
+    if as_json:
+        typer.echo(json.dumps([{"check": n, "ok": ok, "detail": d} for n, ok, d in results], indent=2))
+    else:
+        for name, ok, detail in results:
+            mark = "ok  " if ok else ("skip" if ok is None else "FAIL")
+            typer.echo(f"{mark}  {name:<11} {detail}")
+    if any(ok is False for _, ok, _ in results):
+        raise typer.Exit(1)
+
+
 def _register() -> None:
+    from maild.cli import contacts, kb, queues, staff, tickets
     from maild.cli import dkim as dkim_cli
-    from maild.cli import kb, queues, staff, tickets
 
     app.add_typer(tickets.app, name="tickets")
     app.add_typer(staff.app, name="staff")
@@ -176,6 +228,7 @@ def _register() -> None:
     app.add_typer(queues.outbox_app, name="outbox")
     app.add_typer(dkim_cli.app, name="dkim")
     app.add_typer(kb.app, name="kb")
+    app.add_typer(contacts.app, name="contacts")
 
 
 _register()

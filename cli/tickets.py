@@ -116,3 +116,21 @@ def show(
         lines = [change_sentence(c, lang) for c in j["changes"]] + ([j["note"]] if j["note"] else [])
         journal.add_row((j["at"] or "")[:16].replace("T", " "), j["author"], "\n".join(lines))
     console.print(journal)
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    ticket_id: Annotated[int, typer.Argument(metavar="ID")],
+    text: Annotated[str, typer.Argument(help="commands, one per line, then an optional answer, e.g. '#close'")],
+    as_: Annotated[str, typer.Option("--as", help="the staff member it is done as (journaled as them)")],
+) -> None:
+    """Run staff commands on a ticket, as staff would by mail: '#close', '#assign DRIM', …"""
+    from maild.process import Processor
+
+    settings = settings_from(ctx)
+    decision = Processor(settings, engine_from(settings)).operator_command(ticket_id, text.replace("\\n", "\n"),
+                                                                            as_)
+    changes = ", ".join(f"{c.field}: {c.old} → {c.new}" for c in decision.changes) or "no field changed"
+    sent = ", ".join(n.template for n in decision.notify) or "nothing"
+    typer.echo(f"ticket {ticket_id}: {changes}; queued: {sent}")

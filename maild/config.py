@@ -148,6 +148,7 @@ class OutboundSettings(_Section):
 class WebSettings(_Section):
     listen: str = "127.0.0.1:8080"
     base_url: str = "http://127.0.0.1:8080"
+    kb_dir: str = ""  # when set, `maild serve` syncs the knowledge base from it at start and on SIGHUP
 
     _check_listen = field_validator("listen")(_hostport)
 

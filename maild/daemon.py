@@ -21,6 +21,8 @@ from sqlalchemy import Engine
 from maild import smtp
 from maild.auth import DnsFunc
 from maild.config import Settings
+from maild.errors import ConfigError
+from maild.metrics import Metrics
 from maild.process import Processor
 from maild.render import Renderer
 from maild.sender import Sender
@@ -44,15 +46,18 @@ class Daemon:
         grace_seconds: float = 10.0,
         poll_seconds: float = 1.0,
         with_web: bool = True,
+        job_seconds: float = 60.0,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.clock = clock
         self.grace_seconds = grace_seconds
         self.with_web = with_web
+        self.job_seconds = job_seconds
         self.poll_seconds = poll_seconds
         self._smtp_port_override = smtp_port
-        self.processor = Processor(settings, engine, Renderer(), dnsfunc=dnsfunc, clock=clock)
+        self.metrics = Metrics(engine)
+        self.processor = Processor(settings, engine, Renderer(), dnsfunc=dnsfunc, clock=clock, metrics=self.metrics)
         self.sender: Sender | None = None
         self.imap = None
         self.web = None
@@ -76,22 +81,29 @@ class Daemon:
         recovered = await loop.run_in_executor(None, self._recover)
         if recovered:
             log.info("recovered %d inbox message(s) left in processing by a previous run", recovered)
-        self.sender = Sender(self.settings, self.engine, clock=self.clock)
+        self.sender = Sender(self.settings, self.engine, clock=self.clock, metrics=self.metrics)
         self.writer = InboxWriter(self.engine, on_commit=self._work.set)
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="inbox-writer"),
             asyncio.create_task(self._process_loop(), name="processor"),
             asyncio.create_task(self.sender.run(idle_seconds=self.poll_seconds), name="sender"),
+            asyncio.create_task(self._jobs_loop(), name="jobs"),
         ]
+        if self.settings.web.kb_dir:
+            await loop.run_in_executor(None, self._sync_kb)
         if self.settings.imap.enabled:
             from maild.imap import ImapReader
 
-            self.imap = ImapReader(self.settings, self.engine,
-                                   on_stored=lambda: loop.call_soon_threadsafe(self._work.set))
+            def stored(n: int) -> None:
+                self.metrics.received.labels("imap").inc(n)
+                loop.call_soon_threadsafe(self._work.set)
+
+            self.imap = ImapReader(self.settings, self.engine, on_stored=stored)
             self._tasks.append(asyncio.create_task(self.imap.run(), name="imap"))
         if self.with_web:
             await self._start_web()
-        self._server, self._handler = await smtp.start(self.settings, self.writer, port=self._smtp_port_override)
+        self._server, self._handler = await smtp.start(self.settings, self.writer, port=self._smtp_port_override,
+                                                       metrics=self.metrics)
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         log.info("listening for %s on %s:%s", "LMTP" if self.settings.smtp.lmtp else "SMTP",
                  self._server.sockets[0].getsockname()[0], self.smtp_port)
@@ -107,7 +119,7 @@ class Daemon:
                 yield
 
         host, _, port = self.settings.web.listen.rpartition(":")
-        config = uvicorn.Config(Site(self.settings, self.engine).app, host=host, port=int(port),
+        config = uvicorn.Config(Site(self.settings, self.engine, metrics=self.metrics.render).app, host=host, port=int(port),
                                 log_level="warning", lifespan="off", server_header=False, access_log=False)
         self.web = Embedded(config)
         self._tasks.append(asyncio.create_task(self.web.serve(), name="web"))
@@ -119,6 +131,36 @@ class Daemon:
         self.web_port = self.web.servers[0].sockets[0].getsockname()[1]
         log.info("knowledge base on http://%s:%s/", host, self.web_port)
 
+    async def reload(self) -> None:
+        """SIGHUP: templates and the knowledge base are read again; nothing in flight is touched."""
+        from maild import web
+
+        self.processor.renderer = Renderer()
+        web.rendered.cache_clear()
+        if self.settings.web.kb_dir:
+            await asyncio.get_running_loop().run_in_executor(None, self._sync_kb)
+        log.info("reloaded templates%s", " and the knowledge base" if self.settings.web.kb_dir else "")
+
+    def _sync_kb(self) -> None:
+        from maild import kb
+
+        directory = self.settings.path(self.settings.web.kb_dir)
+        if not directory.is_dir():
+            raise ConfigError(f"web.kb_dir = {self.settings.web.kb_dir!r}: {directory} is not a directory")
+        report = kb.sync(self.settings, self.engine, directory)
+        log.info("knowledge base %s: %d added, %d updated, %d removed", self.settings.web.kb_dir, report.added,
+                 report.updated, report.removed)
+
+    async def _jobs_loop(self) -> None:
+        """Scheduled jobs (auto-close); on PostgreSQL one instance at a time runs each."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(self._proc_executor, self.processor.auto_close)
+            except Exception:
+                log.exception("auto-close failed; trying again later")
+            await asyncio.sleep(self.job_seconds)
+
     def _recover(self) -> int:
         with transaction(self.engine) as session:
             return repo.recover_stale(session)
@@ -127,19 +169,23 @@ class Daemon:
         if self._stopping:
             return
         self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_seconds
         if self._handler is not None:
-            self._handler.accepting = False
+            # Stop taking new mail, but let transactions already past MAIL FROM finish: a client
+            # told 250 must have its message stored, one told 421 retries elsewhere or later.
+            self._handler.draining = True
         if self.web is not None:
             self.web.should_exit = True
         if self.imap is not None:
             self.imap.stop()  # its thread leaves within a second, after the batch in hand is committed
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        # Let transactions already in DATA reach the writer, then drain the inbox.
-        await asyncio.sleep(0.05)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.grace_seconds
+        if self._handler is not None:
+            while self._handler.in_flight and loop.time() < deadline - self.grace_seconds / 2:
+                await asyncio.sleep(0.05)
+            self._handler.accepting = False
+        await asyncio.sleep(0.05)  # let the last commits resolve their waiters
         while loop.time() < deadline and await loop.run_in_executor(self._proc_executor, self.processor.run_batch):
             pass
         if self.sender is not None:
@@ -171,6 +217,7 @@ class Daemon:
         done = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await self.start()
         try:
             await done.wait()

@@ -74,13 +74,13 @@ class ImapReader:
         self,
         settings: Settings,
         engine: Engine,
-        on_stored: Callable[[], None] | None = None,
+        on_stored: Callable[[int], None] | None = None,
         *,
         backoff_max: float = 300.0,
     ) -> None:
         self.settings = settings
         self.engine = engine
-        self.on_stored = on_stored or (lambda: None)
+        self.on_stored = on_stored or (lambda n: None)
         self.password = read_password(settings)
         self.backoff_max = backoff_max
         self.stopping = threading.Event()
@@ -241,7 +241,7 @@ class ImapReader:
             del fetched
             store_now(self.engine, rows)  # committed before the move below
             self.stored += len(rows)
-            self.on_stored()
+            self.on_stored(len(rows))
             self.take(client, done)
             taken += len(done)
             if big:

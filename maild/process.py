@@ -12,7 +12,6 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -23,8 +22,19 @@ from maild.bounce import Bounce, read_bounce
 from maild.compose import Attachment as OutAttachment
 from maild.compose import compose, new_message_id, parsed_reference_chain, tagged_subject
 from maild.config import Settings, fold
-from maild.decide import STATE_LABELS, Change, Decision, Envelope, NewTicket, Notify, TicketView, decide
-from maild.errors import QuarantineError, RejectError
+from maild.decide import (
+    STATE_LABELS,
+    Change,
+    Decision,
+    Envelope,
+    NewTicket,
+    Notify,
+    TicketView,
+    decide,
+    with_state_notices,
+)
+from maild.errors import QuarantineError, RejectError, UserError
+from maild.metrics import Metrics
 from maild.parse import Parsed, parse
 from maild.render import Renderer
 from maild.storage import repo
@@ -50,20 +60,6 @@ log = logging.getLogger(__name__)
 FIELDS = ("state", "category", "subcategory", "assignee", "priority", "language")
 
 
-@dataclass
-class Counters:
-    processed: int = 0
-    opened: int = 0
-    ignored: int = 0
-    failed: int = 0
-    quarantined: int = 0
-    forged_staff: int = 0
-    notices: int = 0
-    held: int = 0
-    bounces: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-
 class Processor:
     def __init__(
         self,
@@ -73,13 +69,14 @@ class Processor:
         *,
         dnsfunc: DnsFunc | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.engine = engine
         self.renderer = renderer or Renderer()
         self.dnsfunc = dnsfunc
         self.clock = clock
-        self.counters = Counters()
         self._claimed: set[int] = set()
         self._parsed: dict[int, Parsed | Exception] = {}
         self._staff: dict[str, Staff] = {}
@@ -132,13 +129,13 @@ class Processor:
         permanent = isinstance(exc, RejectError)
         if permanent or item.attempts >= self.settings.limits.max_attempts:
             item.state = "quarantined"
-            self.counters.quarantined += 1
+            self.metrics.quarantined.inc()
             log.error("inbox %s quarantined after %d attempt(s): %s", item.id, item.attempts, item.error)
         else:
             item.state = "new"
             delay = self.settings.limits.retry_base_seconds * 2 ** (item.attempts - 1)
             item.next_attempt_at = self.clock() + dt.timedelta(seconds=delay)
-            self.counters.failed += 1
+            self.metrics.processed.labels("failed").inc()
             log.warning("inbox %s failed (attempt %d), will retry: %s", item.id, item.attempts, item.error)
         if not permanent:
             log.debug("inbox %s failure", item.id, exc_info=exc)
@@ -169,7 +166,7 @@ class Processor:
             verdict = authenticate(settings, parsed, self.dnsfunc)
             sender_is_staff = verdict.ok
             if not verdict.ok:
-                self.counters.forged_staff += 1
+                self.metrics.forged_staff.inc()
                 log.warning(
                     "message %s claims staff From %s but fails authentication (%s): treated as a requester's",
                     parsed.message_id, parsed.from_addr, verdict.reason,
@@ -221,12 +218,14 @@ class Processor:
         )
 
     # -- apply ------------------------------------------------------------------
-    def apply(self, session: Session, item: InboxItem, parsed: Parsed, d: Decision, now: dt.datetime) -> None:
+    def apply(self, session: Session, item: InboxItem | None, parsed: Parsed, d: Decision,
+              now: dt.datetime) -> Ticket | None:
         if d.verb == "ignore":
-            item.state, item.error = "ignored", d.reason
-            self.counters.ignored += 1
+            if item is not None:
+                item.state, item.error = "ignored", d.reason
+            self.metrics.processed.labels("ignored").inc()
             log.info("message %s ignored: %s", parsed.message_id, d.reason)
-            return
+            return None
 
         if d.kind == "requester" and "automatic" not in d.flags:
             repo.clear_bounce(session, parsed.from_addr)  # it writes again: notices may go to it again
@@ -234,7 +233,7 @@ class Processor:
             assert d.new_ticket is not None
             recent = repo.tickets_opened_since(session, parsed.from_addr, now - dt.timedelta(hours=1))
             if recent >= self.settings.limits.new_tickets_per_hour:
-                self.counters.held += 1
+                self.metrics.held.inc()
                 raise QuarantineError(
                     f"{parsed.from_addr} opened {recent} tickets in the last hour "
                     f"(limits.new_tickets_per_hour = {self.settings.limits.new_tickets_per_hour})"
@@ -248,7 +247,7 @@ class Processor:
         message = Message(
             ticket_id=ticket.id, message_id=parsed.message_id or new_message_id(self.settings),
             direction="in", kind=d.kind, from_addr=parsed.from_addr, to_addrs=list(parsed.to),
-            subject=parsed.subject, text=text, html=parsed.html, raw=parsed.raw, inbox_id=item.id,
+            subject=parsed.subject, text=text, html=parsed.html, raw=parsed.raw or None, inbox_id=item.id if item else None,
             created_at=now,
         )
         session.add(message)
@@ -272,8 +271,11 @@ class Processor:
         for notify in d.notify:
             self._notify(session, ticket, notify, message, dropped, d, now)
 
-        item.state, item.ticket_id, item.error = "done", ticket.id, ""
-        self.counters.processed += 1
+        self.metrics.processed.labels("done").inc()
+        if item is not None:
+            item.state, item.ticket_id, item.error = "done", ticket.id, ""
+            self.metrics.latency.observe(max(0.0, (now - item.received_at).total_seconds()))
+        return ticket
 
     def _open(self, session: Session, parsed: Parsed, new: NewTicket, now: dt.datetime) -> Ticket:
         requester = repo.contact(session, parsed.from_addr, parsed.from_name)
@@ -293,7 +295,7 @@ class Processor:
             {"field": f, "old": None, "new": getattr(ticket, f)} for f in FIELDS
         ]
         session.add(Journal(ticket_id=ticket.id, at=now, author=parsed.from_addr, changes=changes, note=note))
-        self.counters.opened += 1
+        self.metrics.processed.labels("opened").inc()
         log.info("ticket %s opened from %s (message %s)", ticket.id, parsed.from_addr, parsed.message_id)
         return ticket
 
@@ -312,6 +314,54 @@ class Processor:
                     ticket.in_progress_at = now
         if applied or note:
             session.add(Journal(ticket_id=ticket.id, at=now, author=author, changes=applied, note=note))
+
+    # -- operator actions and scheduled jobs -------------------------------------------
+    def operator_command(self, ticket_id: int, text: str, staff_address: str) -> Decision:
+        """`maild tickets apply`: the staff command engine, run for an operator as that staff member."""
+        from maild.decide import _staff_reply
+
+        staff_address = staff_address.strip().lower()
+        now = self.clock()
+        with transaction(self.engine, autoflush=False) as session:
+            self._staff = repo.active_staff_map(session)
+            if staff_address not in self._staff:
+                raise UserError(f"--as {staff_address}: not active staff (see 'maild staff list')")
+            ticket = session.get(Ticket, ticket_id)
+            if ticket is None:
+                raise UserError(f"no ticket {ticket_id}: see 'maild tickets list'")
+            parsed = Parsed(raw=b"", message_id=new_message_id(self.settings), from_addr=staff_address,
+                            from_name=self._staff[staff_address].name, subject=ticket.subject, text=text)
+            view = self._view(session, ticket)
+            decision = with_state_notices(_staff_reply(self.settings, view, parsed, text.strip()), view)
+            if decision.errors:
+                raise UserError("; ".join(decision.errors))
+            self.apply(session, None, parsed, decision, now)
+        return decision
+
+    def auto_close(self) -> list[int]:
+        """Close en_curso tickets whose last word is staff's and older than tickets.auto_close_days."""
+        days = self.settings.tickets.auto_close_days
+        if days <= 0:
+            return []
+        now = self.clock()
+        closed: list[int] = []
+        with transaction(self.engine, autoflush=False) as session:
+            if not repo.try_job_lock(session, "auto-close"):
+                return []  # another instance is at it
+            self._staff = repo.active_staff_map(session)
+            for ticket, last in repo.waiting_on_requester(session, now - dt.timedelta(days=days)):
+                change = Change("state", ticket.state, "cerrada")
+                self._change(session, ticket, (change,), "maild",
+                             f"Cerrada automáticamente: sin respuesta del solicitante en {days} días", now)
+                ticket.updated_at = now
+                session.add(ticket)
+                session.flush()
+                d = Decision("append", kind="notice", ticket_id=ticket.id, author="maild")
+                self._notify(session, ticket, Notify("closed", "requester"), last, [], d, now,
+                             auto_submitted="auto-generated")
+                closed.append(ticket.id)
+                log.info("ticket %s closed automatically after %d days waiting on the requester", ticket.id, days)
+        return closed
 
     def _bounce(self, session: Session, item: InboxItem, parsed: Parsed, b: Bounce, now: dt.datetime) -> None:
         """Mark who bounces, journal it on the ticket, send nothing back (SPEC §6)."""
@@ -332,7 +382,7 @@ class Processor:
                 ticket_ids.append(tid)
         for addr, kind in failed.items():
             repo.mark_bounce(session, addr, kind)
-        self.counters.bounces += 1
+        self.metrics.bounces.inc()
         what = ", ".join(f"{a} ({'permanente' if k == 'permanent' else 'temporal'})" for a, k in failed.items())
         log.info("bounce %s: %s", parsed.message_id or item.id, what or "no recipient named")
         if not ticket_ids:
@@ -402,7 +452,7 @@ class Processor:
                 continue
             if contact.bounce == "permanent":
                 # Held until the address writes again (SPEC §6); journaled, never silent.
-                self.counters.held += 1
+                self.metrics.held.inc()
                 session.add(Journal(ticket_id=ticket.id, at=self.clock(), author="maild",
                                     note=f"Aviso retenido: {addr} rebota permanentemente"))
                 continue
@@ -410,7 +460,7 @@ class Processor:
         return out
 
     def _notify(self, session: Session, ticket: Ticket, notify: Notify, source: Message, dropped: list[str],
-                d: Decision, now: dt.datetime) -> None:
+                d: Decision, now: dt.datetime, auto_submitted: str = "auto-replied") -> None:
         settings = self.settings
         recipients = self._recipients(session, ticket, notify.audience, source)
         if notify.template in NOTICE_KINDS:
@@ -444,7 +494,7 @@ class Processor:
             from_name, from_addr, auto = f"{source.from_addr} ({settings.tickets.subject_tag} #{ticket.id})", \
                 settings.mail.noreply_address, "auto-generated"
         else:
-            from_name, from_addr, auto = group_name, settings.mail.noreply_address, "auto-replied"
+            from_name, from_addr, auto = group_name, settings.mail.noreply_address, auto_submitted
 
         files = self._outgoing_files(session, source_atts)
         message_id = new_message_id(settings)
@@ -465,7 +515,7 @@ class Processor:
             ticket_id=ticket.id, message_id=message_id, direction="out", kind=kind, from_addr=from_addr,
             to_addrs=recipients, subject=subject, text=body, template=notify.template, created_at=now,
         ))
-        self.counters.notices += 1
+        self.metrics.notices.labels(notify.template).inc(len(recipients))
 
     def _source_attachments(self, session: Session, source: Message) -> list[Attachment]:
         return list(session.exec(select(Attachment).where(Attachment.message_id == source.id)))
@@ -479,7 +529,7 @@ class Processor:
                 ("ticket", repo.notices_since(session, NOTICE_KINDS, since, ticket_id=ticket.id)),
             ):
                 if count >= limit:
-                    self.counters.held += 1
+                    self.metrics.held.inc()
                     window = f"{seconds // 60} min" if seconds < 3600 else f"{seconds // 3600} h"
                     note = (f"Aviso '{template}' a {rcpt} retenido: {count} avisos por {scope} en {window} "
                             f"(límite {limit}, limits.notices_per_hour)")

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from maild.addresses import bounce_address
 from maild.config import Settings
 from maild.errors import ConfigError
+from maild.metrics import Metrics
 from maild.storage import repo
 from maild.storage.db import transaction
 from maild.storage.models import Journal, OutboxItem, utcnow
@@ -68,7 +69,9 @@ def signer_for(settings: Settings) -> DkimSigner | None:
 
 
 class Sender:
-    def __init__(self, settings: Settings, engine: Engine, *, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(self, settings: Settings, engine: Engine, *, clock: Callable[[], dt.datetime] = utcnow,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.engine = engine
         self.clock = clock
@@ -119,6 +122,10 @@ class Sender:
                         row.next_attempt_at = now + dt.timedelta(seconds=delay)
                 session.add(row)
 
+    def _count_failure(self, permanent: bool) -> None:
+        self.failures += 1
+        self.metrics.send_failures.labels("yes" if permanent else "no").inc()
+
     async def _db(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
@@ -142,6 +149,7 @@ class Sender:
                 self._outage_logged = True
             results = [(job, error, False) for job in jobs]
             self.failures += len(jobs)
+            self.metrics.send_failures.labels("no").inc(len(jobs))
             await self._db(self._record, results)
             return len(jobs)
         if self._outage_logged:
@@ -154,18 +162,19 @@ class Sender:
                     await client.sendmail(bounce_address(self.settings, job.id), [job.recipient], raw)
                     results.append((job, None, False))
                     self.sent += 1
+                    self.metrics.sent.inc()
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     code = exc.recipients[0].code if exc.recipients else 450
                     results.append((job, f"{code} {exc}", 500 <= code < 600))
-                    self.failures += 1
+                    self._count_failure(results[-1][2])
                 except aiosmtplib.SMTPResponseException as exc:
                     results.append((job, f"{exc.code} {exc.message}", 500 <= exc.code < 600))
-                    self.failures += 1
+                    self._count_failure(results[-1][2])
                     if exc.code in (421,):
                         break
                 except (aiosmtplib.SMTPException, OSError) as exc:
                     results.append((job, f"connection lost: {exc}", False))
-                    self.failures += 1
+                    self._count_failure(results[-1][2])
                     break
         finally:
             done = {j.id for j, _, _ in results}

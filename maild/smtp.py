@@ -16,6 +16,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from maild import addresses
 from maild.config import Settings
 from maild.errors import TransientError
+from maild.metrics import Metrics
 from maild.storage.inbox import InboxWriter
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,27 @@ SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 
 
 class Handler:
-    def __init__(self, settings: Settings, writer: InboxWriter, channel: str) -> None:
+    def __init__(self, settings: Settings, writer: InboxWriter, channel: str, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.writer = writer
         self.channel = channel
-        self.accepting = True
+        self.accepting = True  # DATA is committed; False once a shutdown's grace period is over
+        self.draining = False  # shutting down: no new transactions, open ones finish
+        self.in_flight: set[int] = set()  # sessions between MAIL FROM and the end of DATA
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if self.draining:
+            return SHUTTING_DOWN
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        self.in_flight.add(id(session))
+        return "250 2.1.0 OK"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.in_flight.discard(id(session))
+        return "250 2.0.0 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
@@ -43,6 +60,12 @@ class Handler:
         return RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            return await self._data(session, envelope)
+        finally:
+            self.in_flight.discard(id(session))
+
+    async def _data(self, session: Session, envelope: Envelope) -> str:
         if not self.accepting:
             return SHUTTING_DOWN
         raw = envelope.original_content or b""
@@ -58,6 +81,8 @@ class Handler:
             status = TEMPFAIL
         else:
             status = OK
+            if self.metrics is not None:
+                self.metrics.received.labels(self.channel).inc()
         if self.channel == "lmtp":
             # One reply per accepted recipient: the message is stored once for all of them.
             return "\r\n".join([status] * len(envelope.rcpt_tos))
@@ -82,9 +107,9 @@ def make_factory(settings: Settings, handler: Handler):
 
 
 async def start(settings: Settings, writer: InboxWriter, host: str | None = None,
-                port: int | None = None) -> tuple[asyncio.base_events.Server, Handler]:
+                port: int | None = None, metrics: Metrics | None = None) -> tuple[asyncio.base_events.Server, Handler]:
     lhost, _, lport = settings.smtp.listen.rpartition(":")
-    handler = Handler(settings, writer, "lmtp" if settings.smtp.lmtp else "smtp")
+    handler = Handler(settings, writer, "lmtp" if settings.smtp.lmtp else "smtp", metrics)
     server = await asyncio.get_running_loop().create_server(
         make_factory(settings, handler), host or lhost, int(lport) if port is None else port
     )

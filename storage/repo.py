@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Connection, func, or_, update
+from sqlalchemy import Connection, func, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -159,6 +160,26 @@ def notices_since(session: Session, kinds: Sequence[str], since: dt.datetime, *,
     if ticket_id is not None:
         stmt = stmt.where(OutboxItem.ticket_id == ticket_id)
     return session.exec(stmt).one()
+
+
+def try_job_lock(session: Session, name: str) -> bool:
+    """PostgreSQL: one instance runs a scheduled job at a time (lock held until the transaction ends)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    key = int.from_bytes(hashlib.sha256(f"maild-job:{name}".encode()).digest()[:8], "big") >> 1
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar())
+
+
+def waiting_on_requester(session: Session, before: dt.datetime) -> list[tuple[Ticket, Message]]:
+    """en_curso tickets whose last person-written message is staff's, written before `before`."""
+    out = []
+    for ticket in session.exec(select(Ticket).where(Ticket.state == "en_curso", col(Ticket.updated_at) < before)):
+        last = session.exec(select(Message).where(Message.ticket_id == ticket.id,
+                                                  col(Message.kind).in_(("requester", "staff")))
+                            .order_by(col(Message.id).desc()).limit(1)).first()
+        if last is not None and last.kind == "staff" and last.created_at < before:
+            out.append((ticket, last))
+    return out
 
 
 def active_staff_map(session: Session) -> dict[str, Staff]:

@@ -81,7 +81,7 @@ def make_settings(tmp_path: Path, db_url: str):
         data = _merge(shipped_config(), {
             "database": {"url": db_url},
             "smtp": {"listen": "127.0.0.1:0"},
-            "web": {"listen": "127.0.0.1:0"},
+            "web": {"listen": "127.0.0.1:0", "kb_dir": ""},
             "outbound": {"smarthost": "127.0.0.1", "port": 9, "retry_base_seconds": 0.2,
                          "retry_max_seconds": 1.0, "timeout_seconds": 5},
             "security": {"secret_file": "", "trusted_authserv_ids": ["mx.example.org"]},

@@ -126,7 +126,7 @@ def test_maild_killed_between_commit_and_move_stores_nothing_twice(imap_settings
     cfg = (ROOT / "config.toml").read_text()
     cfg = cfg.replace('url = "sqlite:///var/maild.db"', f'url = "{db_url}"')
     cfg = cfg.replace('listen = "127.0.0.1:2525"', 'listen = "127.0.0.1:0"')
-    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"')
+    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"').replace('kb_dir = "kb"', 'kb_dir = ""')
     cfg = cfg.replace("[imap]\nenabled = false", "[imap]\nenabled = true")
     cfg = cfg.replace('port = 993', f'port = {dovecot.port}').replace('tls = "tls"', 'tls = "none"')
     cfg = cfg.replace('user = ""\npassword_env = "MAILD_IMAP_PASSWORD"', f'user = "{dovecot.user}"\npassword_env = "{PW_ENV}"')

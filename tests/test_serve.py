@@ -16,6 +16,7 @@ async def test_serve_answers_a_consulta_and_stops_gracefully_on_sigterm(tmp_path
     cfg = cfg.replace('url = "sqlite:///var/maild.db"', f'url = "{db_url}"')
     cfg = cfg.replace('listen = "127.0.0.1:2525"', f'listen = "127.0.0.1:{port}"')
     cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"')
+    cfg = cfg.replace('kb_dir = "kb"', f'kb_dir = "{ROOT / "kb"}"')
     cfg = cfg.replace("port = 2526", f"port = {capture.port}")
     (tmp_path / "config.toml").write_text(cfg)
     env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml")}
