@@ -8,7 +8,6 @@ config), never a traceback.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import secrets
 import sys
@@ -62,9 +61,10 @@ def engine_from(settings: config_mod.Settings):
     return make_engine(settings.database.url, settings.base_dir)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def setup_logging(settings: config_mod.Settings, verbose: bool = False) -> None:
+    from maild import logs
+
+    logs.setup(settings.logging.format, "DEBUG" if verbose else settings.logging.level)
 
 
 # -- init / db / serve / ingest -----------------------------------------------------
@@ -114,7 +114,7 @@ def serve(ctx: typer.Context) -> None:
     from maild.daemon import Daemon
 
     settings = settings_from(ctx)
-    setup_logging((ctx.find_root().obj or {}).get("verbose", False))
+    setup_logging(settings, (ctx.find_root().obj or {}).get("verbose", False))
     asyncio.run(Daemon(settings, engine_from(settings)).serve_forever())
 
 
@@ -126,7 +126,7 @@ def web(ctx: typer.Context) -> None:
     from maild.web import Site
 
     settings = settings_from(ctx, need_secret=False)
-    setup_logging((ctx.find_root().obj or {}).get("verbose", False))
+    setup_logging(settings, (ctx.find_root().obj or {}).get("verbose", False))
     host, _, port = settings.web.listen.rpartition(":")
     uvicorn.run(Site(settings, engine_from(settings)).app, host=host, port=int(port), log_level="warning",
                 lifespan="off", server_header=False)

@@ -189,6 +189,11 @@ class LimitSettings(_Section):
     retry_base_seconds: float = Field(30.0, gt=0)  # a failed message is retried after base * 2**(attempts-1)
 
 
+class LoggingSettings(_Section):
+    format: Literal["plain", "json"] = "plain"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class Group(_Section):
     name: str
     display_name: str = ""
@@ -244,6 +249,7 @@ class Settings(_Section):
     security: SecuritySettings = SecuritySettings()
     tickets: TicketSettings = TicketSettings()
     limits: LimitSettings = LimitSettings()
+    logging: LoggingSettings = LoggingSettings()
     groups: list[Group] = []
     categories: list[Category] = []
     # Where relative paths in this file are resolved; set by load().

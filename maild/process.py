@@ -16,7 +16,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from maild import addresses
+from maild import addresses, logs
 from maild.auth import DnsFunc, authenticate
 from maild.bounce import Bounce, read_bounce
 from maild.compose import Attachment as OutAttachment
@@ -116,12 +116,13 @@ class Processor:
         return len(ids)
 
     def _process_guarded(self, session: Session, item: InboxItem) -> None:
-        try:
-            with session.begin_nested():
-                self.process(session, item)
-        except Exception as exc:
-            self._failed(session, item, exc)
-        session.add(item)
+        with logs.context(inbox=item.id, message_id=item.message_id):
+            try:
+                with session.begin_nested():
+                    self.process(session, item)
+            except Exception as exc:
+                self._failed(session, item, exc)
+            session.add(item)
 
     def _failed(self, session: Session, item: InboxItem, exc: Exception) -> None:
         item.attempts += 1
@@ -192,6 +193,7 @@ class Processor:
         cand = Candidates(known, tagged, sender_is_staff)
         th = thread(settings, parsed, item.rcpt_tos, cand)
         ticket = session.get(Ticket, th.ticket_id) if th.ticket_id is not None else None
+        logs.bind(ticket=th.ticket_id)
 
         category = None
         for addr in addressed_to(parsed, item.rcpt_tos):
@@ -288,6 +290,7 @@ class Processor:
         )
         session.add(ticket)
         session.flush()
+        logs.bind(ticket=ticket.id)
         note = "Consulta recibida"
         if new.previous_ticket_id:
             note += f"; continúa la consulta {new.previous_ticket_id}"
