@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from maild import config as config_mod
 from maild.errors import ConfigError, MaildError, RejectError, TransientError
-from maild.storage.db import make_engine, upgrade
+from maild.storage.db import dispose_all, make_engine, upgrade
 
 EX_OK, EX_DATAERR, EX_TEMPFAIL = 0, os.EX_DATAERR, os.EX_TEMPFAIL
 
@@ -50,6 +50,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a t
 def root(ctx: typer.Context, config: ConfigOpt = None,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
     ctx.obj = {"config": config, "verbose": verbose}
+    ctx.call_on_close(dispose_all)
 
 
 def settings_from(ctx: typer.Context, need_secret: bool = True) -> config_mod.Settings:

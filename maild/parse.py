@@ -22,6 +22,8 @@ from maild.errors import RejectError
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _SPACE = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 # mail-parser logs every defect of every hostile message at WARNING; the
 # defects that matter to us are reported by maild itself.
@@ -81,7 +83,12 @@ def clean_header(value: object) -> str:
             text = str(make_header(decode_header(text)))
         except (ValueError, LookupError, UnicodeError, HeaderParseError):
             pass  # a broken encoded-word stays as it came: readable, and one line below
-    return _SPACE.sub(" ", text).strip()
+    return _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
+
+
+def body_text(text: str) -> str:
+    """Text as databases take it: no NUL (PostgreSQL refuses it) nor other C0 controls but tab and newlines."""
+    return _BODY_CONTROL.sub("", text)
 
 
 def message_ids(value: str) -> tuple[str, ...]:
@@ -133,8 +140,8 @@ def parse(raw: bytes, max_parts: int = 500) -> Parsed:
     if "@" not in addr:
         addr = ""
 
-    text = "\n".join(mail.text_plain).strip()
-    html = "\n".join(mail.text_html).strip()
+    text = body_text("\n".join(mail.text_plain)).strip()
+    html = body_text("\n".join(mail.text_html)).strip()
     if not text and html:
         text = html_to_text(html)
 

@@ -48,7 +48,29 @@ def _sqlite_begin(conn) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+# Held strongly: an engine dropped without dispose() leaves its pooled connections to the garbage
+# collector, which closes them rudely (and psycopg warns).
+_engines: list[Engine] = []
+
+
+def dispose_all(forget: bool = False) -> None:
+    """Close every pooled connection of every engine made here (end of a CLI command, of a test).
+
+    The engines stay usable (a later use reconnects) and tracked, unless `forget`.
+    """
+    for engine in _engines:
+        engine.dispose()
+    if forget:
+        _engines.clear()
+
+
 def make_engine(url: str, base_dir: Path | None = None) -> Engine:
+    engine = _make_engine(url, base_dir)
+    _engines.append(engine)
+    return engine
+
+
+def _make_engine(url: str, base_dir: Path | None = None) -> Engine:
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:" and not Path(path).is_absolute() and base_dir is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from maild import config as config_mod
 from maild.daemon import Daemon
@@ -51,6 +52,23 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_cluster() -> Iterator[None]:
+    """MAILD_TEST_DATABASE=postgresql: start a throwaway cluster for the session (a full URL uses yours)."""
+    if os.environ.get("MAILD_TEST_DATABASE") != "postgresql":
+        yield
+        return
+    from tests.servers import Postgres
+
+    pg = Postgres().start()
+    os.environ["MAILD_TEST_DATABASE"] = pg.url
+    try:
+        yield
+    finally:
+        os.environ["MAILD_TEST_DATABASE"] = "postgresql"
+        pg.stop()
+
+
 @contextlib.contextmanager
 def database_url(tmp_path: Path) -> Iterator[str]:
     base = os.environ.get("MAILD_TEST_DATABASE", "")
@@ -58,7 +76,7 @@ def database_url(tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'maild.db'}"
         return
     name = "maild_t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    admin = create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:
@@ -71,8 +89,13 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> Iterator[str]:
+    from maild.storage.db import dispose_all
+
     with database_url(tmp_path) as url:
-        yield url
+        try:
+            yield url
+        finally:
+            dispose_all(forget=True)  # before the database is dropped
 
 
 @pytest.fixture

@@ -202,3 +202,81 @@ def self_signed_cert() -> tuple[bytes, bytes]:
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                               serialization.NoEncryption()))
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed: run 'make test' (apt-get install postgresql)")
+    return found[-1].parent
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 in a temp directory, trust auth, user `maild`.
+
+    The server refuses to run as root; as root it runs as the `postgres` system user.
+    """
+
+    def __init__(self) -> None:
+        self.bin = pg_bin()
+        self.root = Path(tempfile.mkdtemp(prefix="maild-pg-"))
+        os.chmod(self.root, 0o755)
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        if os.getuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        else:
+            self.uid, self.gid = os.getuid(), os.getgid()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://maild@127.0.0.1:{self.port}/postgres"
+
+    def _run_as(self):
+        uid, gid = self.uid, self.gid
+        if os.getuid() != 0:
+            return None
+
+        def demote() -> None:
+            os.setgid(gid)
+            os.setuid(uid)
+
+        return demote
+
+    def start(self) -> Postgres:
+        os.chown(self.root, self.uid, self.gid)
+        subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "maild", "--auth=trust",
+                        "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"], check=True, capture_output=True,
+                       preexec_fn=self._run_as(), cwd=self.root)
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = "
+                       f"'{self.root}'\nmax_connections = 200\nfsync = on\nshared_buffers = 64MB\n")
+        self.log = open(self.root / "postgres.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([str(self.bin / "postgres"), "-D", str(self.data)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, preexec_fn=self._run_as(), cwd=self.root)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ok = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                                capture_output=True).returncode == 0
+            if ok:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"postgres did not start: {(self.root / 'postgres.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
