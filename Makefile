@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 # Servers the tests start themselves (each in a temp directory, on 127.0.0.1),
 # installed from Debian's packages when missing.
-APT_NEEDS := dovecot:dovecot-imapd chromium:chromium
+APT_NEEDS := dovecot:dovecot-imapd chromium:chromium pg_ctlcluster:postgresql
 
 env: $(STAMP)
 
@@ -41,9 +41,11 @@ deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+# The whole suite twice: on SQLite, then on a throwaway PostgreSQL cluster.
 test: env deps
 	$(BIN)/ruff check maild storage cli tests bench
 	$(BIN)/pytest -q
+	MAILD_TEST_DATABASE=postgresql $(BIN)/pytest -q
 
 lint: env
 	$(BIN)/ruff check maild storage cli tests bench

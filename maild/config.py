@@ -187,6 +187,8 @@ class LimitSettings(_Section):
     max_attempts: int = Field(5, ge=1)
     max_parts: int = Field(500, ge=1)  # MIME parts; more is refused to quarantine before parsing
     retry_base_seconds: float = Field(30.0, gt=0)  # a failed message is retried after base * 2**(attempts-1)
+    # A message claimed by an instance that died goes back to the queue after this (several instances).
+    claim_timeout_seconds: float = Field(120.0, gt=0)
 
 
 class LoggingSettings(_Section):

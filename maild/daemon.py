@@ -157,13 +157,22 @@ class Daemon:
         while True:
             try:
                 await loop.run_in_executor(self._proc_executor, self.processor.auto_close)
+                recovered = await loop.run_in_executor(self._proc_executor, self._recover, False)
+                if recovered:
+                    log.warning("%d inbox message(s) claimed by an instance that stopped answering were "
+                                "put back in the queue", recovered)
+                    self._work.set()
             except Exception:
-                log.exception("auto-close failed; trying again later")
-            await asyncio.sleep(self.job_seconds)
+                log.exception("scheduled jobs failed; trying again later")
+            await asyncio.sleep(min(self.job_seconds, self.settings.limits.claim_timeout_seconds / 2))
 
-    def _recover(self) -> int:
+    def _recover(self, at_start: bool = True) -> int:
+        # One SQLite process owns its database: at start, whatever is 'processing' was left by a
+        # crash. With PostgreSQL other instances may be working: only claims older than the timeout.
+        single = self.engine.dialect.name == "sqlite"
+        timeout = dt.timedelta(seconds=self.settings.limits.claim_timeout_seconds)
         with transaction(self.engine) as session:
-            return repo.recover_stale(session)
+            return repo.recover_stale(session, dt.timedelta(0) if (single and at_start) else timeout)
 
     async def stop(self) -> None:
         if self._stopping:

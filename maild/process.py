@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
+import socket
+import uuid
 from collections.abc import Callable
 
 from sqlalchemy import Engine
@@ -78,6 +81,7 @@ class Processor:
         self.dnsfunc = dnsfunc
         self.clock = clock
         self._claimed: set[int] = set()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._parsed: dict[int, Parsed | Exception] = {}
         self._staff: dict[str, Staff] = {}
 
@@ -85,7 +89,7 @@ class Processor:
     def run_batch(self, limit: int = 64) -> int:
         """Process up to `limit` new inbox rows; returns how many were taken."""
         with transaction(self.engine) as session:
-            claimed = repo.claim_inbox(session, limit, self.settings.limits.max_attempts)
+            claimed = repo.claim_inbox(session, limit, self.settings.limits.max_attempts, self.instance)
             ids = [i.id for i in claimed]
             raws = {i.id: i.raw for i in claimed}
         if not ids:
@@ -107,9 +111,10 @@ class Processor:
             # autoflush off: each message's SAVEPOINT release flushes, and apply() flushes where it reads back.
             with transaction(self.engine, autoflush=False) as session:
                 while todo:
-                    item = session.get(InboxItem, todo.pop(0))
-                    assert item is not None
-                    if item.state == "processing":  # not already taken as an overtaken parent
+                    item = session.get(InboxItem, todo.pop(0), with_for_update=True)
+                    # Ours still? (not already taken as an overtaken parent, not recovered from us after
+                    # a stall and re-claimed by another instance)
+                    if item is not None and item.state == "processing" and item.claimed_by == self.instance:
                         self._process_guarded(session, item)
                     if gate.waiting:
                         break  # a receiver waits to commit: let it, then go on

@@ -81,6 +81,8 @@ class Sender:
         self.failures = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maild-outbox")
         self._outage_logged = False
+        self._pending: list[tuple[Job, str | None, bool]] = []
+        self._flush_task: asyncio.Future | None = None
 
     def _claim(self, limit: int) -> list[Job]:
         now = self.clock()
@@ -122,6 +124,16 @@ class Sender:
                         row.next_attempt_at = now + dt.timedelta(seconds=delay)
                 session.add(row)
 
+    def _note_sent(self, job: Job) -> None:
+        self._pending.append((job, None, False))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:  # everything delivered since the last commit, in one transaction
+            batch, self._pending = self._pending, []
+            await self._db(self._record, batch)
+
     def _count_failure(self, permanent: bool) -> None:
         self.failures += 1
         self.metrics.send_failures.labels("yes" if permanent else "no").inc()
@@ -136,6 +148,7 @@ class Sender:
             return 0
         ob = self.settings.outbound
         results: list[tuple[Job, str | None, bool]] = []
+        recorded: list[int] = []
         client = aiosmtplib.SMTP(hostname=ob.smarthost, port=ob.port, timeout=ob.timeout_seconds,
                                  start_tls=ob.starttls, use_tls=False)
         try:
@@ -160,9 +173,12 @@ class Sender:
                 raw = self.signer.sign(job.raw) if self.signer else job.raw
                 try:
                     await client.sendmail(bounce_address(self.settings, job.id), [job.recipient], raw)
-                    results.append((job, None, False))
                     self.sent += 1
                     self.metrics.sent.inc()
+                    # Record each delivery right away, group-committed in the background while the next
+                    # one is sent: a crash now can resend at most what is still in this short queue.
+                    recorded.append(job.id)
+                    self._note_sent(job)
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     code = exc.recipients[0].code if exc.recipients else 450
                     results.append((job, f"{code} {exc}", 500 <= code < 600))
@@ -177,7 +193,9 @@ class Sender:
                     self._count_failure(results[-1][2])
                     break
         finally:
-            done = {j.id for j, _, _ in results}
+            if self._flush_task is not None:
+                await self._flush_task
+            done = {j.id for j, _, _ in results} | set(recorded)
             results += [(j, "not tried: connection closed", False) for j in jobs if j.id not in done]
             await self._db(self._record, results)
             try:

@@ -129,6 +129,7 @@ class InboxItem(SQLModel, table=True):
     ticket_id: int | None = None
     received_at: dt.datetime = Field(default_factory=utcnow)
     claimed_at: dt.datetime | None = None
+    claimed_by: str = ""  # the instance processing it: a row is only processed by its claimant
     next_attempt_at: dt.datetime = Field(default_factory=utcnow)  # after a failure: backoff
     processed_at: dt.datetime | None = None
 

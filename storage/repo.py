@@ -35,7 +35,7 @@ def insert_inbox(conn: Connection, rows: Sequence[dict]) -> None:
     conn.execute(stmt, list(rows))
 
 
-def claim_inbox(session: Session, limit: int, max_attempts: int) -> list[InboxItem]:
+def claim_inbox(session: Session, limit: int, max_attempts: int, instance: str = "") -> list[InboxItem]:
     """Take up to `limit` new rows for this process (SKIP LOCKED lets several instances share the queue)."""
     stmt = (
         select(InboxItem)
@@ -49,6 +49,7 @@ def claim_inbox(session: Session, limit: int, max_attempts: int) -> list[InboxIt
     for item in items:
         item.state = "processing"
         item.claimed_at = now
+        item.claimed_by = instance
         session.add(item)
     return items
 
@@ -59,7 +60,7 @@ def recover_stale(session: Session, older_than: dt.timedelta = dt.timedelta(0)) 
     result = session.execute(
         update(InboxItem)
         .where(col(InboxItem.state) == "processing", col(InboxItem.claimed_at) <= cutoff)
-        .values(state="new")
+        .values(state="new", claimed_by="")
     )
     return result.rowcount or 0
 

@@ -28,7 +28,9 @@ async def test_unprocessed_inbox_rows_are_processed_after_restart(settings, engi
                                  f"u{i}@cliente.es", ["consultas@example.org"]) for i in range(3)])
     with transaction(engine) as s:
         item = s.exec(select(InboxItem).order_by(InboxItem.id)).first()
-        item.state, item.claimed_at = "processing", dt.datetime.now(dt.UTC)
+        # claimed by an instance that died a while ago (older than limits.claim_timeout_seconds)
+        item.state, item.claimed_at = "processing", dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+        item.claimed_by = "dead-host:1234:abcdef"
     assert _states(engine) == ["processing", "new", "new"]
     s2 = settings.model_copy(update={"outbound": settings.outbound.model_copy(update={"port": capture.port})})
     await daemon_factory(s2)

@@ -319,7 +319,7 @@ async def test_sigterm_during_an_smtp_transaction_loses_nothing(tmp_path, db_url
         assert final.startswith(b"250"), final
         writer.close()
     finally:
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        _, err = await asyncio.wait_for(proc.communicate(), 90)
     assert proc.returncode == 0, err.decode()[-2000:]
     from maild.storage.db import make_engine
 
