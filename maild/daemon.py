@@ -198,6 +198,13 @@ class Daemon:
         while loop.time() < deadline and await loop.run_in_executor(self._proc_executor, self.processor.run_batch):
             pass
         if self.sender is not None:
+            # Let the sender's own loop finish the batch it holds (its rows are claimed), then drain.
+            self.sender.stopping = True
+            self.sender.wake.set()
+            sender_task = next((t for t in self._tasks if t.get_name() == "sender"), None)
+            if sender_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(sender_task), max(0.1, deadline - loop.time()))
             with contextlib.suppress(Exception):
                 while loop.time() < deadline and await asyncio.wait_for(
                     self.sender.send_due(), max(0.1, deadline - loop.time())
@@ -212,6 +219,8 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._proc_executor.shutdown(wait=True)
+        if self.sender is not None:
+            self.sender.close()
 
     async def __aenter__(self) -> Daemon:
         await self.start()

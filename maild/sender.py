@@ -82,6 +82,7 @@ class Sender:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maild-outbox")
         self._outage_logged = False
         self._pending: list[tuple[Job, str | None, bool]] = []
+        self.stopping = False  # the run loop ends after the batch in hand (the daemon drains the rest)
         self._flush_task: asyncio.Future | None = None
 
     def _claim(self, limit: int) -> list[Job]:
@@ -206,22 +207,22 @@ class Sender:
 
     async def run(self, idle_seconds: float = 5.0) -> None:
         """Send forever: wake on new rows or at the next due retry."""
-        try:
-            while True:
-                tried = await self.send_due()
-                if tried:
-                    continue
-                due = await self._db(self._next_due)
-                wait = idle_seconds
-                if due is not None:
-                    wait = max(0.05, min(idle_seconds, (due - self.clock()).total_seconds()))
-                try:
-                    await asyncio.wait_for(self.wake.wait(), wait)
-                except TimeoutError:
-                    pass
-                self.wake.clear()
-        finally:
-            self._executor.shutdown(wait=True)
+        while not self.stopping:
+            tried = await self.send_due()
+            if tried:
+                continue
+            due = await self._db(self._next_due)
+            wait = idle_seconds
+            if due is not None:
+                wait = max(0.05, min(idle_seconds, (due - self.clock()).total_seconds()))
+            try:
+                await asyncio.wait_for(self.wake.wait(), wait)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
 
     def _next_due(self) -> dt.datetime | None:
         with transaction(self.engine) as session:
