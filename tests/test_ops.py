@@ -346,3 +346,25 @@ def test_json_logs_carry_ticket_and_message_id(settings, engine, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
     opened = next(x for x in lines if "opened" in x["message"])
     assert opened["ticket"] == 1 and opened["message_id"] == "log@cliente.es" and opened["level"] == "INFO"
+
+
+async def test_sighup_reload_picks_up_the_knowledge_base(make_settings, engine, daemon_factory, tmp_path):
+    import shutil
+
+    from maild.storage.models import Article
+
+    kb_dir = tmp_path / "kb"
+    shutil.copytree(ROOT / "kb", kb_dir)
+    d = await daemon_factory(make_settings(web={"listen": "127.0.0.1:0", "kb_dir": str(kb_dir)}))
+    with Session(engine) as s:  # synced at start
+        assert s.exec(select(Article).where(Article.slug == "app-omie", Article.language == "es")).one()
+    page = kb_dir / "es" / "app-omie.md"
+    page.write_text(page.read_text().replace('title = "La APP OMIE"', 'title = "La aplicación móvil"'))
+    # serve_forever wires SIGHUP to reload(); this runs what the signal runs
+    await d.reload()
+    with Session(engine) as s:
+        assert s.exec(select(Article).where(Article.slug == "app-omie", Article.language == "es")).one().title \
+            == "La aplicación móvil"
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{d.web_port}/a/app-omie", timeout=5).read().decode())
+    assert "La aplicación móvil" in body

@@ -35,9 +35,13 @@ async def test_serve_answers_a_consulta_and_stops_gracefully_on_sigterm(tmp_path
                 await asyncio.sleep(0.05)
         await send(port, make_mail(message_id="serve@cliente.es"))
         await capture.wait_for(lambda c: c.to("ana@cliente.es", "opened"))
+        proc.send_signal(signal.SIGHUP)  # reload templates and the knowledge base, keep running
+        await asyncio.sleep(1.5)
+        assert proc.returncode is None
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err
     assert b"signal received: stopping" in err
+    assert b"reloaded templates and the knowledge base" in err
