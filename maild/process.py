@@ -84,6 +84,7 @@ class Processor:
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._parsed: dict[int, Parsed | Exception] = {}
         self._staff: dict[str, Staff] = {}
+        self._bouncing: set[str] = set()
 
     # -- the queue ------------------------------------------------------------
     def run_batch(self, limit: int = 64) -> int:
@@ -105,6 +106,7 @@ class Processor:
         del raws
         with transaction(self.engine) as session:
             self._staff = repo.active_staff_map(session)
+            self._bouncing = repo.bouncing_addresses(session)
         todo = list(ids)
         gate = db_gate(self.engine)
         while todo:
@@ -234,8 +236,9 @@ class Processor:
             log.info("message %s ignored: %s", parsed.message_id, d.reason)
             return None
 
-        if d.kind == "requester" and "automatic" not in d.flags:
+        if d.kind == "requester" and "automatic" not in d.flags and parsed.from_addr in self._bouncing:
             repo.clear_bounce(session, parsed.from_addr)  # it writes again: notices may go to it again
+            self._bouncing.discard(parsed.from_addr)
         if d.verb == "open":
             assert d.new_ticket is not None
             recent = repo.tickets_opened_since(session, parsed.from_addr, now - dt.timedelta(hours=1))
@@ -262,7 +265,8 @@ class Processor:
         dropped = self._attachments(session, message, parsed)
 
         self._change(session, ticket, d.changes, d.author or parsed.from_addr, d.note, now)
-        self._watchers(session, ticket, d, now)
+        if d.watch or d.unwatch:
+            self._watchers(session, ticket, d, now)
         if dropped:
             session.add(Journal(ticket_id=ticket.id, at=now, author="maild",
                                 note="Adjuntos descartados por tamaño: " + ", ".join(dropped)))
@@ -390,6 +394,7 @@ class Processor:
                 ticket_ids.append(tid)
         for addr, kind in failed.items():
             repo.mark_bounce(session, addr, kind)
+            self._bouncing.add(addr)
         self.metrics.bounces.inc()
         what = ", ".join(f"{a} ({'permanente' if k == 'permanent' else 'temporal'})" for a, k in failed.items())
         log.info("bounce %s: %s", parsed.message_id or item.id, what or "no recipient named")
@@ -530,12 +535,17 @@ class Processor:
 
     def _held(self, session: Session, ticket: Ticket, template: str, rcpt: str, now: dt.datetime) -> bool:
         """Rate limits on notices, per recipient and per ticket, in sliding windows (SPEC §6)."""
-        for seconds, limit in notice_tiers(self.settings.limits.notices_per_hour):
+        tiers = notice_tiers(self.settings.limits.notices_per_hour)
+        widest = now - dt.timedelta(seconds=max(s for s, _ in tiers))
+        # One read per scope over the widest window; the tiers are counted from it.
+        recent = {
+            "recipient": repo.notice_times(session, NOTICE_KINDS, widest, recipient=rcpt),
+            "ticket": repo.notice_times(session, NOTICE_KINDS, widest, ticket_id=ticket.id),
+        }
+        for seconds, limit in tiers:
             since = now - dt.timedelta(seconds=seconds)
-            for scope, count in (
-                ("recipient", repo.notices_since(session, NOTICE_KINDS, since, recipient=rcpt)),
-                ("ticket", repo.notices_since(session, NOTICE_KINDS, since, ticket_id=ticket.id)),
-            ):
+            for scope, times in recent.items():
+                count = sum(1 for t in times if t >= since)
                 if count >= limit:
                     self.metrics.held.inc()
                     window = f"{seconds // 60} min" if seconds < 3600 else f"{seconds // 3600} h"

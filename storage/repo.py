@@ -152,15 +152,20 @@ def tickets_opened_since(session: Session, address: str, since: dt.datetime) -> 
     return session.exec(stmt).one()
 
 
-def notices_since(session: Session, kinds: Sequence[str], since: dt.datetime, *, recipient: str | None = None,
-                  ticket_id: int | None = None) -> int:
-    stmt = select(func.count(func.distinct(OutboxItem.message_id))).where(
-        col(OutboxItem.kind).in_(kinds), col(OutboxItem.created_at) >= since)
+def notice_times(session: Session, kinds: Sequence[str], since: dt.datetime, *, recipient: str | None = None,
+                 ticket_id: int | None = None) -> list[dt.datetime]:
+    """When each notice (one per Message-ID) went out since `since`, to a recipient or on a ticket."""
+    stmt = select(OutboxItem.message_id, func.min(OutboxItem.created_at)).where(
+        col(OutboxItem.kind).in_(kinds), col(OutboxItem.created_at) >= since).group_by(OutboxItem.message_id)
     if recipient is not None:
         stmt = stmt.where(OutboxItem.recipient == recipient)
     if ticket_id is not None:
         stmt = stmt.where(OutboxItem.ticket_id == ticket_id)
-    return session.exec(stmt).one()
+    return [t for _, t in session.exec(stmt)]
+
+
+def bouncing_addresses(session: Session) -> set[str]:
+    return set(session.exec(select(Contact.address).where(Contact.bounce != "")))
 
 
 def try_job_lock(session: Session, name: str) -> bool:
