@@ -41,6 +41,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serve_config(path: Path, db_url: str, *, smtp_port: int = 0, smarthost: int = 9, kb_dir: str = "",
+                 secret_file: bool = True, extra: dict[str, str] | None = None) -> Path:
+    """The shipped config.toml, for a `maild serve` process under test: its own database, ports, smarthost."""
+    cfg = (ROOT / "config.toml").read_text()
+    changes = {
+        'url = "sqlite:///var/maild.db"': f'url = "{db_url}"',
+        'listen = "127.0.0.1:2525"': f'listen = "127.0.0.1:{smtp_port}"',
+        'listen = "127.0.0.1:8080"': 'listen = "127.0.0.1:0"',
+        'kb_dir = "kb"': f'kb_dir = "{kb_dir}"',
+        "port = 2526": f"port = {smarthost}",
+        **({} if secret_file else {'secret_file = "var/maild.secret"': 'secret_file = ""'}),
+        **(extra or {}),
+    }
+    for old, new in changes.items():
+        assert old in cfg, old
+        cfg = cfg.replace(old, new, 1)
+    path.write_text(cfg)
+    return path
+
+
 def shipped_config() -> dict:
     return tomllib.loads((ROOT / "config.toml").read_text())
 

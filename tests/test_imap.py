@@ -15,7 +15,7 @@ from sqlmodel import Session, func, select
 
 from maild.imap import KEYWORD, ImapReader
 from maild.storage.models import ImapState, InboxItem, Message, Ticket
-from tests.conftest import ROOT, make_mail, wait_until
+from tests.conftest import make_mail, serve_config, wait_until
 from tests.servers import Dovecot
 
 PW_ENV = "MAILD_TEST_IMAP_PASSWORD"
@@ -123,15 +123,12 @@ def test_maild_killed_between_commit_and_move_stores_nothing_twice(imap_settings
     n = 300
     for i in range(n):
         dovecot.deliver(consulta(i))
-    cfg = (ROOT / "config.toml").read_text()
-    cfg = cfg.replace('url = "sqlite:///var/maild.db"', f'url = "{db_url}"')
-    cfg = cfg.replace('listen = "127.0.0.1:2525"', 'listen = "127.0.0.1:0"')
-    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"').replace('kb_dir = "kb"', 'kb_dir = ""')
-    cfg = cfg.replace("[imap]\nenabled = false", "[imap]\nenabled = true")
-    cfg = cfg.replace('port = 993', f'port = {dovecot.port}').replace('tls = "tls"', 'tls = "none"')
-    cfg = cfg.replace('user = ""\npassword_env = "MAILD_IMAP_PASSWORD"', f'user = "{dovecot.user}"\npassword_env = "{PW_ENV}"')
-    cfg = cfg.replace('secret_file = "var/maild.secret"', 'secret_file = ""')
-    (tmp_path / "config.toml").write_text(cfg)
+    serve_config(tmp_path / "config.toml", db_url, secret_file=False, extra={
+        "[imap]\nenabled = false": "[imap]\nenabled = true",
+        "port = 993": f"port = {dovecot.port}",
+        'tls = "tls"': 'tls = "none"',
+        'user = ""\npassword_env = "MAILD_IMAP_PASSWORD"': f'user = "{dovecot.user}"\npassword_env = "{PW_ENV}"',
+    })
     env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml"), "MAILD_SECRET": "k" * 32,
            PW_ENV: dovecot.password}
 

@@ -23,7 +23,7 @@ from maild.cli.main import app, normalize_args
 from maild.process import Processor
 from maild.storage.inbox import inbox_row, store_now
 from maild.storage.models import InboxItem, Journal, OutboxItem, Staff, Ticket, utcnow
-from tests.conftest import ROOT, free_port, make_mail, send, wait_until
+from tests.conftest import ROOT, free_port, make_mail, send, serve_config, wait_until
 
 REQ = "ana.secreta@cliente.es"
 SECRET_BODY = "Mi número de cuenta es ES9121000418450200051332"
@@ -271,12 +271,7 @@ def test_check_cli_exits_1_when_a_part_fails(cfg_and_engine):
 
 async def test_sigterm_during_an_smtp_transaction_loses_nothing(tmp_path, db_url, capture):
     port = free_port()
-    cfg = (ROOT / "config.toml").read_text()
-    cfg = cfg.replace('url = "sqlite:///var/maild.db"', f'url = "{db_url}"')
-    cfg = cfg.replace('listen = "127.0.0.1:2525"', f'listen = "127.0.0.1:{port}"')
-    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"').replace('kb_dir = "kb"', 'kb_dir = ""')
-    cfg = cfg.replace("port = 2526", f"port = {capture.port}")
-    (tmp_path / "config.toml").write_text(cfg)
+    serve_config(tmp_path / "config.toml", db_url, smtp_port=port, smarthost=capture.port)
     env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml")}
     init = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "init", env=env,
                                                 stdout=asyncio.subprocess.DEVNULL)

@@ -22,7 +22,7 @@ from maild.process import Processor
 from maild.storage.db import transaction
 from maild.storage.inbox import inbox_row, store_now
 from maild.storage.models import InboxItem, Message, OutboxItem
-from tests.conftest import ROOT, Capture, free_port, make_mail, send
+from tests.conftest import Capture, free_port, make_mail, send, serve_config
 
 END_STATES = {"done", "ignored", "quarantined"}
 
@@ -145,13 +145,8 @@ async def test_an_autoresponder_answering_everything_does_not_start_a_storm(sett
 
 def test_sigkill_while_a_client_sends_500_messages(tmp_path, db_url):
     port = free_port()
-    cfg = (ROOT / "config.toml").read_text()
-    cfg = cfg.replace('url = "sqlite:///var/maild.db"', f'url = "{db_url}"')
-    cfg = cfg.replace('listen = "127.0.0.1:2525"', f'listen = "127.0.0.1:{port}"')
-    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"').replace('kb_dir = "kb"', 'kb_dir = ""')
-    cfg = cfg.replace('secret_file = "var/maild.secret"', 'secret_file = ""')
-    cfg = cfg.replace("max_attempts = 5", "max_attempts = 5\nclaim_timeout_seconds = 2")
-    (tmp_path / "config.toml").write_text(cfg)
+    serve_config(tmp_path / "config.toml", db_url, smtp_port=port, secret_file=False,
+                 extra={"max_attempts = 5": "max_attempts = 5\nclaim_timeout_seconds = 2"})
     env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml"), "MAILD_SECRET": "k" * 32}
     subprocess.run([sys.executable, "-m", "maild", "db", "upgrade"], env=env, check=True, capture_output=True)
 

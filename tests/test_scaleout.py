@@ -18,21 +18,17 @@ from sqlmodel import Session, select
 
 from maild.storage.db import make_engine
 from maild.storage.models import InboxItem, Message, Ticket
-from tests.conftest import ROOT, free_port, make_mail, wait_until
+from tests.conftest import free_port, make_mail, serve_config, wait_until
 
 N = 1000
 
 
-def config_text(db_url: str, smtp_port: int, smarthost: int) -> str:
-    cfg = (ROOT / "config.toml").read_text()
-    cfg = cfg.replace('url = "sqlite:///var/maild.db"', f'url = "{db_url}"')
-    cfg = cfg.replace('listen = "127.0.0.1:2525"', f'listen = "127.0.0.1:{smtp_port}"')
-    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"').replace('kb_dir = "kb"', 'kb_dir = ""')
-    cfg = cfg.replace("port = 2526", f"port = {smarthost}\ntimeout_seconds = 2\nretry_base_seconds = 0.5")
-    cfg = cfg.replace('secret_file = "var/maild.secret"', 'secret_file = ""')
-    cfg = cfg.replace("max_attempts = 5", "max_attempts = 5\nclaim_timeout_seconds = 3")
-    cfg = cfg.replace("new_tickets_per_hour = 20", "new_tickets_per_hour = 100000")
-    return cfg
+def write_config(path, db_url: str, smtp_port: int, smarthost: int):
+    return serve_config(path, db_url, smtp_port=smtp_port, smarthost=smarthost, secret_file=False, extra={
+        "starttls = false": "starttls = false\ntimeout_seconds = 2\nretry_base_seconds = 0.5",
+        "max_attempts = 5": "max_attempts = 5\nclaim_timeout_seconds = 3",
+        "new_tickets_per_hour = 20": "new_tickets_per_hour = 100000",
+    })
 
 
 async def test_three_instances_one_killed_half_way(db_url, tmp_path, capture):
@@ -42,9 +38,7 @@ async def test_three_instances_one_killed_half_way(db_url, tmp_path, capture):
     env = {**os.environ, "MAILD_SECRET": "m" * 32}
     configs = []
     for i, port in enumerate(ports):
-        path = tmp_path / f"c{i}.toml"
-        path.write_text(config_text(db_url, port, capture.port))
-        configs.append(path)
+        configs.append(write_config(tmp_path / f"c{i}.toml", db_url, port, capture.port))
     subprocess.run([sys.executable, "-m", "maild", "--config", str(configs[0]), "db", "upgrade"], env=env,
                    check=True, capture_output=True, timeout=60)
 

@@ -7,18 +7,12 @@ import os
 import signal
 import sys
 
-from tests.conftest import ROOT, free_port, make_mail, send
+from tests.conftest import ROOT, free_port, make_mail, send, serve_config
 
 
 async def test_serve_answers_a_consulta_and_stops_gracefully_on_sigterm(tmp_path, db_url, capture):
     port = free_port()
-    cfg = (ROOT / "config.toml").read_text()
-    cfg = cfg.replace('url = "sqlite:///var/maild.db"', f'url = "{db_url}"')
-    cfg = cfg.replace('listen = "127.0.0.1:2525"', f'listen = "127.0.0.1:{port}"')
-    cfg = cfg.replace('listen = "127.0.0.1:8080"', 'listen = "127.0.0.1:0"')
-    cfg = cfg.replace('kb_dir = "kb"', f'kb_dir = "{ROOT / "kb"}"')
-    cfg = cfg.replace("port = 2526", f"port = {capture.port}")
-    (tmp_path / "config.toml").write_text(cfg)
+    serve_config(tmp_path / "config.toml", db_url, smtp_port=port, smarthost=capture.port, kb_dir=str(ROOT / "kb"))
     env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml")}
     init = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "init", env=env,
                                                 stdout=asyncio.subprocess.DEVNULL)
