@@ -128,6 +128,8 @@ def test_maild_killed_between_commit_and_move_stores_nothing_twice(imap_settings
         "port = 993": f"port = {dovecot.port}",
         'tls = "tls"': 'tls = "none"',
         'user = ""\npassword_env = "MAILD_IMAP_PASSWORD"': f'user = "{dovecot.user}"\npassword_env = "{PW_ENV}"',
+        # on PostgreSQL the dead instance's claims come back after this lease, not at restart
+        "max_attempts = 5": "max_attempts = 5\nclaim_timeout_seconds = 2",
     })
     env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml"), "MAILD_SECRET": "k" * 32,
            PW_ENV: dovecot.password}
