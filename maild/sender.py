@@ -178,8 +178,10 @@ class Sender:
                     self.metrics.sent.inc()
                     # Record each delivery right away, group-committed in the background while the next
                     # one is sent: a crash now can resend at most what is still in this short queue.
+                    # Record the delivery before the next one: a crash can resend at most this message.
                     recorded.append(job.id)
                     self._note_sent(job)
+                    await self._flush_task
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     code = exc.recipients[0].code if exc.recipients else 450
                     results.append((job, f"{code} {exc}", 500 <= code < 600))
