@@ -109,6 +109,40 @@ def db_upgrade(ctx: typer.Context) -> None:
     typer.echo("database is at the newest migration")
 
 
+@db_app.command("copy")
+def db_copy(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(metavar="URL", help="the new database, e.g. postgresql+psycopg://maild@db/maild")],
+) -> None:
+    """Copy every row of the configured database into a new, empty one (SQLite → PostgreSQL).
+
+    Stop maild first (or accept that mail arriving during the copy stays behind);
+    then point database.url at URL.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from maild.dbcopy import copy_database
+
+    settings = settings_from(ctx, need_secret=False)
+    source = engine_from(settings)
+    target_engine = make_engine(target, Path.cwd())
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        tasks: dict[str, int] = {}
+
+        def show(table: str, done: int, total: int) -> None:
+            if table not in tasks:
+                tasks[table] = progress.add_task(table, total=total)
+            progress.update(tasks[table], completed=done)
+
+        copied = copy_database(source, target_engine, show)
+    typer.echo(f"copied {sum(c.rows for c in copied)} rows in {len(copied)} tables: "
+               + ", ".join(f"{c.table} {c.rows}" for c in copied))
+    shown = target_engine.url.render_as_string(hide_password=True)
+    typer.echo(f"now set [database] url = \"{shown}\" in the config and start maild")
+
+
 @app.command()
 def serve(ctx: typer.Context) -> None:
     """Run SMTP/LMTP, the processor and the outbox sender until SIGTERM."""
