@@ -54,6 +54,7 @@ bench: env deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/imap_sync.py
 	$(BIN)/python bench/web.py
+	$(BIN)/python bench/thread_lookup.py
 
 clean:
 	rm -rf $(VENV) var build dist *.egg-info
