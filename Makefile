@@ -11,7 +11,9 @@ STAMP  := $(VENV)/.installed
 
 # Servers the tests start themselves (each in a temp directory, on 127.0.0.1),
 # installed from Debian's packages when missing.
-APT_NEEDS := dovecot:dovecot-imapd chromium:chromium pg_ctlcluster:postgresql
+# Each entry is COMMAND:PACKAGE, or /FILE:PACKAGE for a library.
+APT_NEEDS := dovecot:dovecot-imapd chromium:chromium pg_ctlcluster:postgresql postfix:postfix \
+	/usr/share/perl5/Mail/DKIM/Verifier.pm:libmail-dkim-perl
 
 env: $(STAMP)
 
@@ -34,10 +36,12 @@ run: env
 deps:
 	@missing=""; for pair in $(APT_NEEDS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
+	  case $$cmd in /*) [ -e $$cmd ] || missing="$$missing $$pkg";; \
+	  *) command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg";; esac; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
