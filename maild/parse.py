@@ -140,8 +140,9 @@ def parse(raw: bytes, max_parts: int = 500) -> Parsed:
     if "@" not in addr:
         addr = ""
 
-    text = body_text("\n".join(mail.text_plain)).strip()
-    html = body_text("\n".join(mail.text_html)).strip()
+    plain_parts, html_parts = _escaped_charset_bodies(msg) or (mail.text_plain, mail.text_html)
+    text = body_text("\n".join(plain_parts)).strip()
+    html = body_text("\n".join(html_parts)).strip()
     if not text and html:
         text = html_to_text(html)
 
@@ -186,19 +187,66 @@ def parse(raw: bytes, max_parts: int = 500) -> Parsed:
     )
 
 
-_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<br\s*/?>|</p\s*>|<[^>]+>", re.IGNORECASE | re.DOTALL)
+_ESCAPED_CHARSETS = ("iso-2022-", "utf-7", "hz")
+
+
+def _escaped_charset_bodies(msg) -> tuple[list[str], list[str]] | None:
+    """The body texts, when a text part is in a 7-bit stateful charset (ISO-2022-JP, UTF-7, HZ).
+
+    mail-parser hands back a 7bit part as it is on the wire, which is right for ASCII and wrong
+    for those charsets: their text is ASCII bytes with escape sequences. Decode such messages'
+    text parts here, with the charset each declares.
+    """
+    parts = [p for p in msg.walk()
+             if p.get_content_type() in ("text/plain", "text/html") and p.get_content_disposition() != "attachment"]
+    if not any((p.get_content_charset() or "").startswith(_ESCAPED_CHARSETS) for p in parts):
+        return None
+    plain: list[str] = []
+    html: list[str] = []
+    for p in parts:
+        data = p.get_payload(decode=True) or b""
+        try:
+            text = data.decode(p.get_content_charset() or "us-ascii")
+        except (LookupError, UnicodeError):
+            text = data.decode("utf-8", "replace")
+        (html if p.get_content_subtype() == "html" else plain).append(text)
+    return plain, html
+
+
+_TOKEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->|<(/?)([a-zA-Z][a-zA-Z0-9]*)[^>]*>|[^<]+|<",
+                    re.IGNORECASE | re.DOTALL)
+# Tags that end a line: their text stands on its own line(s), as a browser shows it.
+_BLOCK = {"p", "div", "li", "tr", "table", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "pre",
+          "hr", "address", "section", "article", "header", "footer", "dl", "dt", "dd"}
 
 
 def html_to_text(html: str) -> str:
-    """A readable plain text of an HTML-only message (for the journal and relays, never for display as HTML)."""
+    """A readable plain text of an HTML-only message (for the journal and relays, never for display as HTML).
+
+    As a browser lays it out: source newlines are spaces; <br> breaks a line; a block (p, div,
+    blockquote, …) starts and ends on its own line; an empty block with a <br> is a blank line.
+    """
     import html as htmllib
 
-    def repl(m: re.Match) -> str:
-        tag = m.group(0).lower()
-        return "\n" if tag.startswith(("<br", "</p")) else ""
+    out: list[str] = []
 
-    text = htmllib.unescape(_TAG.sub(repl, html))
-    lines = [line.strip() for line in text.splitlines()]
+    def newline() -> None:
+        if out and not out[-1].endswith("\n"):
+            out.append("\n")
+
+    for m in _TOKEN.finditer(html):
+        if m.group(1) or m.group(0).startswith("<!--"):
+            continue  # script, style, head, comments
+        name = (m.group(3) or "").lower()
+        if name == "br":
+            out.append("\n")
+        elif name in _BLOCK:
+            newline()
+        elif name:
+            continue  # inline tags: their text flows on
+        else:
+            out.append(htmllib.unescape(re.sub(r"\s+", " ", m.group(0))))
+    lines = [line.replace("\xa0", " ").strip() for line in "".join(out).splitlines()]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 

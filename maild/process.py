@@ -219,6 +219,11 @@ class Processor:
         c = session.get(Contact, ticket.requester_id)
         return c.address if c else ""
 
+    def _person(self, session: Session, address: str) -> str:
+        """'Name <address>' for the group's copies, the name as the person's mail client gave it."""
+        c = session.exec(select(Contact).where(Contact.address == address)).first()
+        return f"{c.name} <{address}>" if c is not None and c.name else address
+
     def _view(self, session: Session, t: Ticket) -> TicketView:
         return TicketView(
             id=t.id, state=t.state, category=t.category, subcategory=t.subcategory, assignee=t.assignee,
@@ -271,6 +276,8 @@ class Processor:
             session.add(Journal(ticket_id=ticket.id, at=now, author="maild",
                                 note="Adjuntos descartados por tamaño: " + ", ".join(dropped)))
         if d.kind in ("requester",) and "automatic" not in d.flags:
+            if d.verb != "open" and parsed.from_name:
+                repo.contact(session, parsed.from_addr, parsed.from_name)  # a name first given in a reply
             ticket.last_inbound_message_id = message.message_id
             ticket.references = list(parsed_reference_chain(parsed))[-20:]
         if d.kind == "staff" and ticket.first_response_at is None:
@@ -492,7 +499,8 @@ class Processor:
         context = dict(
             ticket=ticket, state=STATE_LABELS[ticket.state][lang], category=f"{cat.code}. {cat.name.get(lang)}"
             if cat else ticket.category, subcategory=ticket.subcategory, group=group_name,
-            requester=self._requester(session, ticket), sender=source.from_addr, text=source.text,
+            requester=self._requester(session, ticket), text=source.text,
+            sender=self._person(session, source.from_addr) if notify.audience == "group" else source.from_addr,
             previous_ticket_id=ticket.previous_ticket_id, dropped=dropped, reopen_days=settings.tickets.reopen_days,
             note=d.note, attachments=att_names, support_address=settings.mail.support_address, errors=d.errors,
         )

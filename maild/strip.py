@@ -37,11 +37,22 @@ MAIL_LANGUAGES["es"] = _es
 _PARSERS: dict[str, EmailReplyParser] = {}
 
 
+# After the ticket's own language: the others maild speaks, then German (Outlook in German is common
+# among market agents: "AW:", "Von:/Gesendet:").
+_FALLBACK = ("es", "pt", "en", "de")
+
+
 def strip_reply(text: str, language: str = "es") -> str:
-    """The new text of a reply: what comes before the first quoted header, signature removed."""
+    """The new text of a reply: what comes before the first quoted header, signature removed.
+
+    An inline reply (new lines between '>' quoted lines) keeps every new block instead.
+    """
     if not text.strip():
         return ""
-    langs = [lang for lang in (language, "es", "pt", "en") if lang in MAIL_LANGUAGES]
+    langs = [lang for lang in (language, *_FALLBACK) if lang in MAIL_LANGUAGES]
+    inline = _inline_reply(text, langs)
+    if inline is not None:
+        return inline
     key = ",".join(dict.fromkeys(langs))
     parser = _PARSERS.get(key)
     if parser is None:
@@ -56,3 +67,48 @@ def strip_reply(text: str, language: str = "es") -> str:
     while lines and lines[-1].lstrip().startswith(">"):
         lines.pop()
     return "\n".join(lines).strip() or text.strip()
+
+
+def _quoted(line: str) -> bool:
+    return line.lstrip().startswith(">")
+
+
+def _attribution(line: str, langs: list[str]) -> bool:
+    """'On … wrote:', 'El … escribió:', 'Em … escreveu:', 'Am … schrieb …:' (the line before a quote)."""
+    line = line.strip()
+    for lang in langs:
+        try:
+            if re.match(MAIL_LANGUAGES[lang]["wrote_header"], line):
+                return True
+        except re.error:
+            continue
+    return False
+
+
+def _inline_reply(text: str, langs: list[str]) -> str | None:
+    """The new blocks of an inline (interleaved) reply, in order; None if the reply is not one."""
+    lines = text.splitlines()
+    quoted = [i for i, line in enumerate(lines) if _quoted(line)]
+    if not quoted:
+        return None
+    first, last = quoted[0], quoted[-1]
+    if not any(line.strip() and not _quoted(line) for line in lines[first:last + 1]):
+        return None  # one quote block: top- or bottom-posted, the parser's case
+    head = lines[:first]
+    while head and not head[-1].strip():
+        head.pop()
+    for take in (1, 2):  # an attribution line, or one a mail client wrapped in two
+        if len(head) >= take and _attribution(" ".join(head[-take:]), langs):
+            del head[-take:]
+            break
+    blocks: list[list[str]] = [[]]
+    for line in [*head, ">", *lines[first:]]:
+        if _quoted(line):
+            if blocks[-1]:
+                blocks.append([])
+            continue
+        if line.rstrip() == "--":
+            break  # the signature delimiter ("-- "): what follows is not the reply
+        blocks[-1].append(line.rstrip())
+    kept = ["\n".join(b).strip() for b in blocks]
+    return "\n\n".join(k for k in kept if k) or None
