@@ -189,6 +189,9 @@ class LimitSettings(_Section):
     retry_base_seconds: float = Field(30.0, gt=0)  # a failed message is retried after base * 2**(attempts-1)
     # A message claimed by an instance that died goes back to the queue after this (several instances).
     claim_timeout_seconds: float = Field(120.0, gt=0)
+    # While SMTP/LMTP transactions are open, the processor pauses this long between messages, so a
+    # burst is taken at the protocol's speed and processed right after (0: never pause).
+    processor_yield_ms: float = Field(20.0, ge=0, le=1000)
 
 
 class LoggingSettings(_Section):

@@ -79,6 +79,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, check_current, self.engine)
         recovered = await loop.run_in_executor(None, self._recover)
+        await loop.run_in_executor(self._proc_executor, self.processor.warm_up)
         if recovered:
             log.info("recovered %d inbox message(s) left in processing by a previous run", recovered)
         self.sender = Sender(self.settings, self.engine, clock=self.clock, metrics=self.metrics)
@@ -104,6 +105,9 @@ class Daemon:
             await self._start_web()
         self._server, self._handler = await smtp.start(self.settings, self.writer, port=self._smtp_port_override,
                                                        metrics=self.metrics)
+        handler = self._handler
+        # Read from the processor's thread: a len() of a set the event loop changes is atomic under the GIL.
+        self.processor.receivers_busy = lambda: len(handler.in_flight) > 0 and handler.accepting
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         log.info("listening for %s on %s:%s", "LMTP" if self.settings.smtp.lmtp else "SMTP",
                  self._server.sockets[0].getsockname()[0], self.smtp_port)
