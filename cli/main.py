@@ -150,7 +150,7 @@ def serve(ctx: typer.Context) -> None:
 
     settings = settings_from(ctx)
     setup_logging(settings, (ctx.find_root().obj or {}).get("verbose", False))
-    asyncio.run(Daemon(settings, engine_from(settings)).serve_forever())
+    asyncio.run(Daemon(settings, engine_from(settings), processor_process=True).serve_forever())
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The daemon: receivers, processor and sender as tasks of one event loop.
+"""The daemon: receivers, sender, web and jobs as tasks of one event loop; the processor
+in a worker process (`maild serve`, see maild.worker) or in a thread of this one (tests).
 
 `Daemon` is used by `maild serve` and, as an async context manager, by the
 tests (which read back the bound port). SIGTERM: stop taking mail, finish
@@ -47,6 +48,7 @@ class Daemon:
         poll_seconds: float = 1.0,
         with_web: bool = True,
         job_seconds: float = 60.0,
+        processor_process: bool = False,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -56,6 +58,10 @@ class Daemon:
         self.job_seconds = job_seconds
         self.poll_seconds = poll_seconds
         self._smtp_port_override = smtp_port
+        # maild serve runs the processor in a worker process (maild.worker); tests that inject a DNS
+        # or a clock keep it in this process.
+        self.processor_process = processor_process
+        self._worker = None
         self.metrics = Metrics(engine)
         self.processor = Processor(settings, engine, Renderer(), dnsfunc=dnsfunc, clock=clock, metrics=self.metrics)
         self.sender: Sender | None = None
@@ -79,14 +85,17 @@ class Daemon:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, check_current, self.engine)
         recovered = await loop.run_in_executor(None, self._recover)
-        await loop.run_in_executor(self._proc_executor, self.processor.warm_up)
+        if self.processor_process:
+            await self._start_worker()
+        else:
+            await loop.run_in_executor(self._proc_executor, self.processor.warm_up)
         if recovered:
             log.info("recovered %d inbox message(s) left in processing by a previous run", recovered)
         self.sender = Sender(self.settings, self.engine, clock=self.clock, metrics=self.metrics)
         self.writer = InboxWriter(self.engine, on_commit=self._work.set)
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="inbox-writer"),
-            asyncio.create_task(self._process_loop(), name="processor"),
+            asyncio.create_task(self._worker_loop() if self._worker else self._process_loop(), name="processor"),
             asyncio.create_task(self.sender.run(idle_seconds=self.poll_seconds), name="sender"),
             asyncio.create_task(self._jobs_loop(), name="jobs"),
         ]
@@ -108,6 +117,8 @@ class Daemon:
         handler = self._handler
         # Read from the processor's thread: a len() of a set the event loop changes is atomic under the GIL.
         self.processor.receivers_busy = lambda: len(handler.in_flight) > 0 and handler.accepting
+        if self.sender is not None:
+            self.sender.receivers_busy = self.processor.receivers_busy
         self.smtp_port = self._server.sockets[0].getsockname()[1]
         log.info("listening for %s on %s:%s", "LMTP" if self.settings.smtp.lmtp else "SMTP",
                  self._server.sockets[0].getsockname()[0], self.smtp_port)
@@ -140,6 +151,8 @@ class Daemon:
         from maild import web
 
         self.processor.renderer = Renderer()
+        if self._worker is not None:
+            self._worker.reload.set()
         web.rendered.cache_clear()
         if self.settings.web.kb_dir:
             await asyncio.get_running_loop().run_in_executor(None, self._sync_kb)
@@ -199,8 +212,12 @@ class Daemon:
                 await asyncio.sleep(0.05)
             self._handler.accepting = False
         await asyncio.sleep(0.05)  # let the last commits resolve their waiters
-        while loop.time() < deadline and await loop.run_in_executor(self._proc_executor, self.processor.run_batch):
-            pass
+        if self._worker is not None:
+            await self._stop_worker(deadline)
+        else:
+            while loop.time() < deadline and await loop.run_in_executor(self._proc_executor,
+                                                                        self.processor.run_batch):
+                pass
         if self.sender is not None:
             # Let the sender's own loop finish the batch it holds (its rows are claimed), then drain.
             self.sender.stopping = True
@@ -247,6 +264,101 @@ class Daemon:
         finally:
             await self.stop()
 
+    # -- the processor in its worker process ------------------------------------------
+    async def _start_worker(self) -> None:
+        import multiprocessing
+
+        from maild import logs, worker
+        from maild.storage.db import gate
+
+        ctx = multiprocessing.get_context("spawn")
+        w = self._worker = _WorkerHandle(ctx)
+        gate(self.engine).shared = w.waiting
+        w.process = ctx.Process(
+            target=worker.main, name="maild-processor", daemon=True,
+            args=(self.settings, self.processor.instance, w.child_conn, w.wake, w.stop, w.reload, w.waiting,
+                  self.poll_seconds, self.grace_seconds, logs.current_format(), logs.current_level()),
+        )
+        w.process.start()
+        w.child_conn.close()
+        loop = asyncio.get_running_loop()
+        ready = await loop.run_in_executor(None, w.conn.poll, 120)
+        message = w.conn.recv() if ready else None
+        if not message or message[0] != "ready":
+            w.process.kill()
+            raise RuntimeError("the processor's worker process did not start: see the log above")
+        log.info("processor running in its own process (pid %s)", message[1])
+
+    async def _worker_loop(self) -> None:
+        """Forward wake-ups to the worker; replay its metric bumps; wake the sender after its batches."""
+        from maild import worker
+
+        w = self._worker
+        assert w is not None
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(w.conn.fileno(), readable.set)
+        try:
+            while True:
+                waits = [asyncio.ensure_future(self._work.wait()), asyncio.ensure_future(readable.wait())]
+                await asyncio.wait(waits, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+                for fut in waits:
+                    fut.cancel()
+                if self._work.is_set():
+                    self._work.clear()
+                    w.wake.set()
+                readable.clear()
+                state = self._drain_worker_messages(worker)
+                if state == "stopped" or self._stopping:
+                    return
+                if state == "gone" or not w.process.is_alive():
+                    loop.remove_reader(w.conn.fileno())
+                    await loop.run_in_executor(None, w.process.join, 5)
+                    log.error("the processor's worker process died (exit %s): restarting it", w.process.exitcode)
+                    w.conn.close()
+                    await self._start_worker()
+                    w = self._worker
+                    loop.add_reader(w.conn.fileno(), readable.set)
+        finally:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(w.conn.fileno())
+
+    def _drain_worker_messages(self, worker) -> str:
+        """Handle what the worker sent: 'running', 'stopped' (it said so) or 'gone' (its pipe closed)."""
+        w = self._worker
+        assert w is not None
+        try:
+            while w.conn.poll():
+                kind, *rest = w.conn.recv()
+                if kind == "batch":
+                    taken, events = rest
+                    worker.replay(self.metrics, events)
+                    if taken and self.sender is not None:
+                        self.sender.wake.set()
+                elif kind == "stopped":
+                    return "stopped"
+        except (EOFError, OSError):
+            return "gone"
+        return "running"
+
+    async def _stop_worker(self, deadline: float) -> None:
+        from maild import worker
+
+        w = self._worker
+        assert w is not None
+        loop = asyncio.get_running_loop()
+        w.stop.set()
+        w.wake.set()
+        await loop.run_in_executor(None, w.process.join, max(0.5, deadline - loop.time()))
+        if w.process.is_alive():
+            log.warning("the processor's worker did not stop within the grace period: killed; its claims are "
+                        "recovered at the next start")
+            w.process.kill()
+            await loop.run_in_executor(None, w.process.join, 5)
+        with contextlib.suppress(Exception):
+            self._drain_worker_messages(worker)
+        w.conn.close()
+
     # -- the processor task ------------------------------------------------------
     async def _process_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -264,3 +376,15 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), self.poll_seconds)
             self._work.clear()
+
+
+class _WorkerHandle:
+    """The parent's side of the processor's worker process (see maild.worker)."""
+
+    def __init__(self, ctx) -> None:
+        self.conn, self.child_conn = ctx.Pipe(duplex=False)  # the parent reads, the worker writes
+        self.wake = ctx.Event()
+        self.stop = ctx.Event()
+        self.reload = ctx.Event()
+        self.waiting = ctx.Value("i", 0)
+        self.process = None

@@ -53,7 +53,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
+_current = {"format": "plain", "level": "INFO"}
+
+
+def current_format() -> str:
+    return _current["format"]
+
+
+def current_level() -> str:
+    return _current["level"]
+
+
 def setup(fmt: str = "plain", level: str = "INFO") -> None:
+    _current.update(format=fmt, level=level)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else
@@ -61,5 +73,6 @@ def setup(fmt: str = "plain", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("alembic", "uvicorn.error", "mail-parser", "mailparser"):
+    # mail.log is aiosmtpd: five INFO lines per SMTP session, written from the event loop.
+    for noisy in ("alembic", "uvicorn.error", "mail-parser", "mailparser", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

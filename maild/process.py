@@ -148,6 +148,42 @@ class Processor:
         compose(from_name="maild", from_addr=self.settings.mail.noreply_address, to="b@example.org", subject="x",
                 body="x", message_id=new_message_id(self.settings))
 
+    def rehearse(self) -> None:
+        """SQLite: process a made-up consulta in a transaction that is then rolled back.
+
+        The first real message would otherwise pay SQLAlchemy's first-use work (statement
+        compilation, mapper set-up) while holding SQLite's one write lock, and a receiver
+        waits behind it. Rolled back, it leaves nothing (SQLite reuses the row ids); on
+        PostgreSQL it would spend ticket numbers, and there is no single writer to protect.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return
+        from maild.storage.inbox import inbox_row
+
+        class _Rehearsal(Exception):
+            pass
+
+        sender = "rehearsal@maild.invalid"
+        raw = (f"From: {sender}\r\nTo: {self.settings.mail.support_address}\r\nSubject: maild rehearsal\r\n"
+               f"Message-ID: <{new_message_id(self.settings)}>\r\n\r\nHola, una consulta de prueba.\r\n").encode()
+        logging.disable(logging.INFO)  # its "ticket opened" is not news (the worker has no other thread yet)
+        try:
+            with transaction(self.engine, autoflush=False) as session:
+                item = InboxItem(**inbox_row(raw, "smtp", sender, [self.settings.mail.support_address]))
+                item.state, item.claimed_by = "processing", self.instance
+                session.add(item)
+                session.flush()
+                self._staff = repo.active_staff_map(session)
+                self._bouncing = repo.bouncing_addresses(session)
+                self._process_guarded(session, item)
+                raise _Rehearsal
+        except _Rehearsal:
+            pass
+        except Exception as exc:  # a rehearsal is an optimisation: never a reason not to start
+            log.warning("rehearsal skipped: %s", exc)
+        finally:
+            logging.disable(logging.NOTSET)
+
     def _should_yield(self) -> bool:
         return self.settings.limits.processor_yield_ms > 0 and self.receivers_busy()
 

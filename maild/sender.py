@@ -83,6 +83,7 @@ class Sender:
         self._outage_logged = False
         self._pending: list[tuple[Job, str | None, bool]] = []
         self.stopping = False  # the run loop ends after the batch in hand (the daemon drains the rest)
+        self.receivers_busy: Callable[[], bool] = lambda: False  # set by the daemon (SMTP transactions open)
         self._flush_task: asyncio.Future | None = None
 
     def _claim(self, limit: int) -> list[Job]:
@@ -170,7 +171,10 @@ class Sender:
             log.info("smarthost %s:%s reachable again", ob.smarthost, ob.port)
             self._outage_logged = False
         try:
-            for job in jobs:
+            for n, job in enumerate(jobs):
+                if n and self.receivers_busy():
+                    # Receivers first (limits.processor_yield_ms): each delivery costs a commit.
+                    await asyncio.sleep(self.settings.limits.processor_yield_ms / 1000)
                 raw = self.signer.sign(job.raw) if self.signer else job.raw
                 try:
                     await client.sendmail(bounce_address(self.settings, job.id), [job.recipient], raw)

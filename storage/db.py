@@ -64,8 +64,12 @@ def dispose_all(forget: bool = False) -> None:
         _engines.clear()
 
 
-def make_engine(url: str, base_dir: Path | None = None) -> Engine:
+def make_engine(url: str, base_dir: Path | None = None, *, synchronous: str = "FULL") -> Engine:
+    """`synchronous="NORMAL"` (SQLite only) is for writers whose commits may ride on the next FULL one
+    (the processor's worker: its work is redone from the inbox if a power cut takes it)."""
     engine = _make_engine(url, base_dir)
+    if synchronous != "FULL" and engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", lambda conn, _r: conn.execute(f"PRAGMA synchronous={synchronous}"))
     _engines.append(engine)
     return engine
 
@@ -124,9 +128,21 @@ class WriteGate:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.waiting = 0  # priority writers queued or holding
+        self._waiting = 0  # priority writers of this process queued or holding
+        # A multiprocessing Value shared with the processor's worker process (maild serve): the
+        # receivers of one process, the processor in the other, one SQLite writer between them.
+        self.shared = None
         self._lock = threading.Lock()
         self._cond = threading.Condition()
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting + (self.shared.value if self.shared is not None else 0)
+
+    def _shared_add(self, n: int) -> None:
+        if self.shared is not None:
+            with self.shared.get_lock():
+                self.shared.value += n
 
     @contextlib.contextmanager
     def hold(self, priority: bool = False) -> Iterator[None]:
@@ -135,11 +151,14 @@ class WriteGate:
             return
         with self._cond:
             if priority:
-                self.waiting += 1
+                self._waiting += 1
+                self._shared_add(1)
             else:
                 # threading.Lock is not fair: without this the processor, looping,
-                # would take the lock back before a waiting receiver wakes.
-                self._cond.wait_for(lambda: self.waiting == 0)
+                # would take the lock back before a waiting receiver wakes. A waiter in
+                # another process cannot notify us: look again every millisecond.
+                while self.waiting:
+                    self._cond.wait(0.001 if self.shared is not None else None)
         self._lock.acquire()
         try:
             yield
@@ -147,7 +166,8 @@ class WriteGate:
             self._lock.release()
             if priority:
                 with self._cond:
-                    self.waiting -= 1
+                    self._waiting -= 1
+                    self._shared_add(-1)
                     self._cond.notify_all()
 
 

@@ -59,3 +59,81 @@ async def test_the_daemon_tells_the_processor_when_smtp_transactions_are_open(da
         assert daemon.processor.receivers_busy() is False
     finally:
         await asyncio.to_thread(client.quit)
+
+
+def test_a_rehearsal_warms_up_and_leaves_nothing(make_settings, engine):
+    from sqlalchemy import func
+
+    from maild.storage.models import Contact, Message, OutboxItem
+
+    p = Processor(make_settings(), engine)
+    p.rehearse()
+    with Session(engine) as s:
+        for model in (InboxItem, Ticket, Message, OutboxItem, Contact):
+            assert s.exec(select(func.count()).select_from(model)).one() == 0, model
+    _store(engine, 1)
+    assert p.run_batch() == 1
+    with Session(engine) as s:
+        assert [t.id for t in s.exec(select(Ticket))] == [1]  # no ticket number was spent
+
+
+def test_worker_metric_bumps_replay_into_the_daemons_registry():
+    from maild import worker
+    from maild.metrics import Metrics
+
+    rec = worker.Recorder()
+    rec.processed.labels("done").inc()
+    rec.notices.labels("opened").inc(2)
+    rec.held.inc()
+    rec.latency.observe(0.3)
+    m = Metrics()
+    worker.replay(m, rec.take())
+    assert rec.take() == []
+    assert m.registry.get_sample_value("maild_processed_total", {"outcome": "done"}) == 1
+    assert m.registry.get_sample_value("maild_notices_total", {"kind": "opened"}) == 2
+    assert m.registry.get_sample_value("maild_held_total") == 1
+    assert m.registry.get_sample_value("maild_processing_seconds_count") == 1
+    assert m.registry.get_sample_value("maild_processing_seconds_sum") == 0.3
+
+
+def test_the_write_gate_sees_a_waiting_writer_of_another_process():
+    import multiprocessing
+    import threading
+
+    from maild.storage.db import WriteGate
+
+    shared = multiprocessing.get_context("spawn").Value("i", 0)
+    g = WriteGate(enabled=True)
+    g.shared = shared
+    assert g.waiting == 0
+    shared.value = 1  # the other process's receiver waits
+    assert g.waiting == 1
+    entered = threading.Event()
+
+    def worker_writer():
+        with g.hold():
+            entered.set()
+
+    t = threading.Thread(target=worker_writer)
+    t.start()
+    assert not entered.wait(0.2)  # the processor's write waits while a receiver does
+    shared.value = 0
+    assert entered.wait(2)
+    t.join()
+
+
+async def test_the_sender_pauses_between_deliveries_while_receivers_are_busy(make_settings, engine, capture):
+    from maild.sender import Sender
+
+    settings = make_settings(outbound={"port": capture.port}, limits={"processor_yield_ms": 80})
+    _store(engine, 3)
+    Processor(settings, engine).run_batch()  # three opened notices (and no group: no staff) queued
+    sender = Sender(settings, engine)
+    try:
+        sender.receivers_busy = lambda: True
+        t0 = time.monotonic()
+        assert await sender.send_due() == 3
+        assert time.monotonic() - t0 >= 0.16  # a pause before the second and the third
+        assert len(capture.messages) == 3
+    finally:
+        sender.close()

@@ -1,0 +1,147 @@
+"""The processor in a process of its own (`maild serve`).
+
+Receivers (SMTP/LMTP, IMAP) and the processor then run on their own
+interpreters: the processor's CPU-bound work (parsing, deciding, composing)
+no longer takes the GIL from the event loop that answers SMTP clients, and it
+runs at a lower CPU priority (`nice`), so a burst is taken at the protocol's
+speed while the second core processes it.
+
+The parent keeps everything else (receivers, sender, web, jobs). They talk
+through multiprocessing primitives from a spawn context:
+
+- `wake` (Event): the parent committed new inbox rows.
+- `stop` (Event): drain (process what is new, until `grace` seconds) and exit.
+- `reload` (Event): SIGHUP reached the parent: read the templates again.
+- `waiting` (shared int): a receiver waits to commit (SQLite's one writer):
+  the worker commits between two messages and lets it.
+- `conn` (Pipe): worker → parent: "ready", then after each batch how many
+  messages it took and the metric bumps it made, which the parent applies to
+  its own registry (so /metrics stays one view).
+
+If the parent dies, the worker notices (its parent pid changes) and exits
+after the batch in hand; claims it leaves are recovered as a crash's are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("maild.worker")
+
+NICE = 19  # below the receivers: they get the CPU first when both want it
+
+
+class _Bump:
+    """One metric of the worker: `.labels(...)`, `.inc()` and `.observe()` as prometheus_client's."""
+
+    def __init__(self, events: list, name: str, label_values: tuple = ()) -> None:
+        self.events, self.name, self.label_values = events, name, label_values
+
+    def labels(self, *values: str) -> _Bump:
+        return _Bump(self.events, self.name, values)
+
+    def inc(self, amount: float = 1) -> None:
+        self.events.append((self.name, self.label_values, "inc", amount))
+
+    def observe(self, value: float) -> None:
+        self.events.append((self.name, self.label_values, "observe", value))
+
+
+@dataclass
+class Recorder:
+    """Stands in for `Metrics` in the worker: records each bump for the parent to replay."""
+
+    events: list = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> _Bump:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Bump(self.events, name)
+
+    def take(self) -> list:
+        taken, self.events[:] = list(self.events), []
+        return taken
+
+
+def replay(metrics: Any, events: list) -> None:
+    """Apply a worker's bumps to the parent's registry."""
+    for name, labels, op, value in events:
+        metric = getattr(metrics, name, None)
+        if metric is None:
+            continue
+        if labels:
+            metric = metric.labels(*labels)
+        getattr(metric, op)(value)
+
+
+def main(settings, instance: str, conn, wake, stop, reload, waiting, poll_seconds: float, grace: float,
+         log_format: str, log_level: str) -> None:
+    """The worker process's entry point (spawned; every argument is picklable)."""
+    from maild import logs
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logs.setup(log_format, log_level)
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
+    from maild.process import Processor
+    from maild.render import Renderer
+    from maild.storage.db import dispose_all, gate, make_engine
+
+    parent = os.getppid()
+    engine = make_engine(settings.database.url, settings.base_dir, synchronous="NORMAL")
+    gate(engine).shared = waiting
+    recorder = Recorder()
+    processor = Processor(settings, engine, Renderer(), metrics=recorder)
+    processor.instance = instance
+    processor.warm_up()
+    processor.rehearse()
+    recorder.take()  # the rehearsal's bumps are not real work
+    conn.send(("ready", os.getpid()))
+    try:
+        _loop(processor, recorder, conn, wake, stop, reload, poll_seconds, lambda: os.getppid() != parent)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _batch(processor, recorder, conn):
+            pass
+    finally:
+        dispose_all()
+        conn.send(("stopped", 0))
+        conn.close()
+
+
+def _batch(processor, recorder: Recorder, conn) -> int:
+    try:
+        taken = processor.run_batch()
+    except Exception:
+        log.exception("processing batch failed; retrying")
+        taken = 0
+    events = recorder.take()
+    if taken or events:
+        conn.send(("batch", taken, events))
+    return taken
+
+
+def _loop(processor, recorder: Recorder, conn, wake, stop, reload, poll_seconds: float,
+          orphaned: Callable[[], bool]) -> None:
+    from maild.render import Renderer
+
+    while not stop.is_set():
+        if orphaned():
+            log.warning("maild serve (the parent) is gone: the worker stops")
+            return
+        if reload.is_set():
+            reload.clear()
+            processor.renderer = Renderer()
+        wake.clear()
+        if _batch(processor, recorder, conn):
+            continue
+        wake.wait(poll_seconds)
