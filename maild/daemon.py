@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -151,8 +152,8 @@ class Daemon:
         from maild import web
 
         self.processor.renderer = Renderer()
-        if self._worker is not None:
-            self._worker.reload.set()
+        if self._worker is not None and self._worker.process.is_alive():
+            os.kill(self._worker.process.pid, signal.SIGHUP)  # it reads the templates again
         web.rendered.cache_clear()
         if self.settings.web.kb_dir:
             await asyncio.get_running_loop().run_in_executor(None, self._sync_kb)
@@ -276,11 +277,12 @@ class Daemon:
         gate(self.engine).shared = w.waiting
         w.process = ctx.Process(
             target=worker.main, name="maild-processor", daemon=True,
-            args=(self.settings, self.processor.instance, w.child_conn, w.wake, w.stop, w.reload, w.waiting,
+            args=(self.settings, self.processor.instance, w.child_conn, w.wake_r, w.waiting,
                   self.poll_seconds, self.grace_seconds, logs.current_format(), logs.current_level()),
         )
         w.process.start()
         w.child_conn.close()
+        w.wake_r.close()
         loop = asyncio.get_running_loop()
         ready = await loop.run_in_executor(None, w.conn.poll, 120)
         message = w.conn.recv() if ready else None
@@ -306,7 +308,7 @@ class Daemon:
                     fut.cancel()
                 if self._work.is_set():
                     self._work.clear()
-                    w.wake.set()
+                    worker.send_wake(w.wake_w)
                 readable.clear()
                 state = self._drain_worker_messages(worker)
                 if state == "stopped" or self._stopping:
@@ -315,7 +317,7 @@ class Daemon:
                     loop.remove_reader(w.conn.fileno())
                     await loop.run_in_executor(None, w.process.join, 5)
                     log.error("the processor's worker process died (exit %s): restarting it", w.process.exitcode)
-                    w.conn.close()
+                    w.close()
                     await self._start_worker()
                     w = self._worker
                     loop.add_reader(w.conn.fileno(), readable.set)
@@ -347,8 +349,9 @@ class Daemon:
         w = self._worker
         assert w is not None
         loop = asyncio.get_running_loop()
-        w.stop.set()
-        w.wake.set()
+        if w.process.is_alive():
+            w.process.terminate()  # SIGTERM: it drains what is new, then exits
+            worker.send_wake(w.wake_w)
         await loop.run_in_executor(None, w.process.join, max(0.5, deadline - loop.time()))
         if w.process.is_alive():
             log.warning("the processor's worker did not stop within the grace period: killed; its claims are "
@@ -357,7 +360,7 @@ class Daemon:
             await loop.run_in_executor(None, w.process.join, 5)
         with contextlib.suppress(Exception):
             self._drain_worker_messages(worker)
-        w.conn.close()
+        w.close()
 
     # -- the processor task ------------------------------------------------------
     async def _process_loop(self) -> None:
@@ -383,8 +386,12 @@ class _WorkerHandle:
 
     def __init__(self, ctx) -> None:
         self.conn, self.child_conn = ctx.Pipe(duplex=False)  # the parent reads, the worker writes
-        self.wake = ctx.Event()
-        self.stop = ctx.Event()
-        self.reload = ctx.Event()
-        self.waiting = ctx.Value("i", 0)
+        self.wake_r, self.wake_w = ctx.Pipe(duplex=False)  # the worker reads, the parent writes
+        os.set_blocking(self.wake_w.fileno(), False)
+        self.waiting = ctx.RawValue("i", 0)  # no lock: a killed worker must not leave one held
         self.process = None
+
+    def close(self) -> None:
+        for c in (self.conn, self.wake_w):
+            with contextlib.suppress(OSError):
+                c.close()

@@ -7,16 +7,19 @@ runs at a lower CPU priority (`nice`), so a burst is taken at the protocol's
 speed while the second core processes it.
 
 The parent keeps everything else (receivers, sender, web, jobs). They talk
-through multiprocessing primitives from a spawn context:
+through pipes, signals and one shared integer, nothing that a killed process
+could leave locked (a multiprocessing Event or lock held by a process that
+was SIGKILLed blocks the other side for ever):
 
-- `wake` (Event): the parent committed new inbox rows.
-- `stop` (Event): drain (process what is new, until `grace` seconds) and exit.
-- `reload` (Event): SIGHUP reached the parent: read the templates again.
-- `waiting` (shared int): a receiver waits to commit (SQLite's one writer):
-  the worker commits between two messages and lets it.
-- `conn` (Pipe): worker → parent: "ready", then after each batch how many
+- `wake` (pipe, parent → worker): a byte when new inbox rows are committed;
+  the parent writes without blocking (a full pipe already means "work").
+- SIGTERM: drain (process what is new, for up to `grace` seconds) and exit.
+  SIGHUP: read the templates again.
+- `waiting` (shared int, no lock): a receiver waits to commit (SQLite's one
+  writer): the worker commits between two messages and lets it.
+- `conn` (pipe, worker → parent): "ready", then after each batch how many
   messages it took and the metric bumps it made, which the parent applies to
-  its own registry (so /metrics stays one view).
+  its own registry (so /metrics stays one view), and "stopped".
 
 If the parent dies, the worker notices (its parent pid changes) and exits
 after the batch in hand; claims it leaves are recovered as a crash's are.
@@ -24,6 +27,7 @@ after the batch in hand; claims it leaves are recovered as a crash's are.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -80,14 +84,20 @@ def replay(metrics: Any, events: list) -> None:
         getattr(metric, op)(value)
 
 
-def main(settings, instance: str, conn, wake, stop, reload, waiting, poll_seconds: float, grace: float,
+class _Flags:
+    stop = False
+    reload = False
+
+
+def main(settings, instance: str, conn, wake, waiting, poll_seconds: float, grace: float,
          log_format: str, log_level: str) -> None:
     """The worker process's entry point (spawned; every argument is picklable)."""
     from maild import logs
 
+    flags = _Flags()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the parent's to handle
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(flags, "stop", True))
+    signal.signal(signal.SIGHUP, lambda *_: setattr(flags, "reload", True))
     logs.setup(log_format, log_level)
     try:
         os.nice(NICE)
@@ -108,13 +118,14 @@ def main(settings, instance: str, conn, wake, stop, reload, waiting, poll_second
     recorder.take()  # the rehearsal's bumps are not real work
     conn.send(("ready", os.getpid()))
     try:
-        _loop(processor, recorder, conn, wake, stop, reload, poll_seconds, lambda: os.getppid() != parent)
+        _loop(processor, recorder, conn, wake, flags, poll_seconds, lambda: os.getppid() != parent)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _batch(processor, recorder, conn):
             pass
     finally:
         dispose_all()
-        conn.send(("stopped", 0))
+        with contextlib.suppress(OSError):
+            conn.send(("stopped", 0))
         conn.close()
 
 
@@ -130,18 +141,36 @@ def _batch(processor, recorder: Recorder, conn) -> int:
     return taken
 
 
-def _loop(processor, recorder: Recorder, conn, wake, stop, reload, poll_seconds: float,
+def _loop(processor, recorder: Recorder, conn, wake, flags: _Flags, poll_seconds: float,
           orphaned: Callable[[], bool]) -> None:
     from maild.render import Renderer
 
-    while not stop.is_set():
+    while not flags.stop:
         if orphaned():
             log.warning("maild serve (the parent) is gone: the worker stops")
             return
-        if reload.is_set():
-            reload.clear()
+        if flags.reload:
+            flags.reload = False
             processor.renderer = Renderer()
-        wake.clear()
+        _drain(wake)
         if _batch(processor, recorder, conn):
             continue
-        wake.wait(poll_seconds)
+        try:
+            wake.poll(poll_seconds)
+        except (EOFError, OSError):
+            return  # the parent closed its end: it is gone
+
+
+def _drain(wake) -> None:
+    """Read every pending wake-up byte (they only say "look again")."""
+    try:
+        while wake.poll():
+            wake.recv_bytes()
+    except (EOFError, OSError):
+        pass
+
+
+def send_wake(conn) -> None:
+    """The parent's side: one wake-up, never blocking (a full pipe already says it)."""
+    with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+        conn.send_bytes(b"w")

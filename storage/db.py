@@ -140,9 +140,9 @@ class WriteGate:
         return self._waiting + (self.shared.value if self.shared is not None else 0)
 
     def _shared_add(self, n: int) -> None:
+        # Called under self._cond: this process's threads add one at a time; the worker only reads.
         if self.shared is not None:
-            with self.shared.get_lock():
-                self.shared.value += n
+            self.shared.value += n
 
     @contextlib.contextmanager
     def hold(self, priority: bool = False) -> Iterator[None]:

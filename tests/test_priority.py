@@ -102,7 +102,7 @@ def test_the_write_gate_sees_a_waiting_writer_of_another_process():
 
     from maild.storage.db import WriteGate
 
-    shared = multiprocessing.get_context("spawn").Value("i", 0)
+    shared = multiprocessing.get_context("spawn").RawValue("i", 0)
     g = WriteGate(enabled=True)
     g.shared = shared
     assert g.waiting == 0

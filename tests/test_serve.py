@@ -108,7 +108,11 @@ async def test_the_processor_runs_in_its_own_process_restarted_if_it_dies(tmp_pa
         await capture.wait_for(lambda c: c.to("rui@cliente.pt", "opened"))
     finally:
         proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()  # never leave a daemon behind
+            raise AssertionError("maild serve did not stop on SIGTERM") from None
         await log.task
     assert proc.returncode == 0, "".join(log.lines)
     assert not any("Traceback" in line for line in log.lines), "".join(log.lines)
