@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -152,8 +153,8 @@ class Daemon:
         from maild import web
 
         self.processor.renderer = Renderer()
-        if self._worker is not None and self._worker.process.is_alive():
-            os.kill(self._worker.process.pid, signal.SIGHUP)  # it reads the templates again
+        if self._worker is not None and self._worker.alive():
+            os.kill(self._worker.pid, signal.SIGHUP)  # it reads the templates again
         web.rendered.cache_clear()
         if self.settings.web.kb_dir:
             await asyncio.get_running_loop().run_in_executor(None, self._sync_kb)
@@ -267,27 +268,20 @@ class Daemon:
 
     # -- the processor in its worker process ------------------------------------------
     async def _start_worker(self) -> None:
-        import multiprocessing
-
-        from maild import logs, worker
+        from maild import logs
         from maild.storage.db import gate
 
-        ctx = multiprocessing.get_context("spawn")
-        w = self._worker = _WorkerHandle(ctx)
+        w = self._worker = _WorkerHandle()
         gate(self.engine).shared = w.waiting
-        w.process = ctx.Process(
-            target=worker.main, name="maild-processor", daemon=True,
-            args=(self.settings, self.processor.instance, w.child_conn, w.wake_r, w.waiting,
-                  self.poll_seconds, self.grace_seconds, logs.current_format(), logs.current_level()),
-        )
-        w.process.start()
-        w.child_conn.close()
-        w.wake_r.close()
+        w.start((self.settings, self.processor.instance, self.poll_seconds, self.grace_seconds,
+                 logs.current_format(), logs.current_level()))
         loop = asyncio.get_running_loop()
         ready = await loop.run_in_executor(None, w.conn.poll, 120)
-        message = w.conn.recv() if ready else None
+        message = None
+        with contextlib.suppress(EOFError, OSError):
+            message = w.conn.recv() if ready else None
         if not message or message[0] != "ready":
-            w.process.kill()
+            w.kill()
             raise RuntimeError("the processor's worker process did not start: see the log above")
         log.info("processor running in its own process (pid %s)", message[1])
 
@@ -313,10 +307,10 @@ class Daemon:
                 state = self._drain_worker_messages(worker)
                 if state == "stopped" or self._stopping:
                     return
-                if state == "gone" or not w.process.is_alive():
+                if state == "gone" or not w.alive():
                     loop.remove_reader(w.conn.fileno())
-                    await loop.run_in_executor(None, w.process.join, 5)
-                    log.error("the processor's worker process died (exit %s): restarting it", w.process.exitcode)
+                    await loop.run_in_executor(None, w.join, 5)
+                    log.error("the processor's worker process died (exit %s): restarting it", w.exitcode)
                     w.close()
                     await self._start_worker()
                     w = self._worker
@@ -349,15 +343,15 @@ class Daemon:
         w = self._worker
         assert w is not None
         loop = asyncio.get_running_loop()
-        if w.process.is_alive():
-            w.process.terminate()  # SIGTERM: it drains what is new, then exits
+        if w.alive():
+            os.kill(w.pid, signal.SIGTERM)  # it drains what is new, then exits
             worker.send_wake(w.wake_w)
-        await loop.run_in_executor(None, w.process.join, max(0.5, deadline - loop.time()))
-        if w.process.is_alive():
+        await loop.run_in_executor(None, w.join, max(0.5, deadline - loop.time()))
+        if w.alive():
             log.warning("the processor's worker did not stop within the grace period: killed; its claims are "
                         "recovered at the next start")
-            w.process.kill()
-            await loop.run_in_executor(None, w.process.join, 5)
+            w.kill()
+            await loop.run_in_executor(None, w.join, 5)
         with contextlib.suppress(Exception):
             self._drain_worker_messages(worker)
         w.close()
@@ -382,16 +376,69 @@ class Daemon:
 
 
 class _WorkerHandle:
-    """The parent's side of the processor's worker process (see maild.worker)."""
+    """The parent's side of the processor's worker process (see maild.worker).
 
-    def __init__(self, ctx) -> None:
-        self.conn, self.child_conn = ctx.Pipe(duplex=False)  # the parent reads, the worker writes
-        self.wake_r, self.wake_w = ctx.Pipe(duplex=False)  # the worker reads, the parent writes
-        os.set_blocking(self.wake_w.fileno(), False)
-        self.waiting = ctx.RawValue("i", 0)  # no lock: a killed worker must not leave one held
-        self.process = None
+    A plain child process (`python -m maild.worker`), not a multiprocessing one: no resource
+    tracker process beside it, and nothing shared but two pipes and one mapped integer.
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+        import mmap
+        import tempfile
+        from multiprocessing.connection import Connection
+
+        result_r, self._result_w = os.pipe()  # worker → parent
+        self._wake_r, wake_w = os.pipe()  # parent → worker
+        os.set_blocking(wake_w, False)
+        self.conn = Connection(result_r, writable=False)
+        self.wake_w = Connection(wake_w, readable=False)
+        self._shm = tempfile.TemporaryFile()  # unlinked: only the two processes can reach it
+        self._shm.write(b"\0" * 8)
+        self._shm.flush()
+        self._map = mmap.mmap(self._shm.fileno(), 8)
+        self.waiting = ctypes.c_int.from_buffer(self._map)  # .value, like a multiprocessing RawValue
+        self.process: subprocess.Popen | None = None
+
+    def start(self, spec: tuple) -> None:
+        import pickle
+
+        fds = (self._result_w, self._wake_r, self._shm.fileno())
+        self.process = subprocess.Popen([sys.executable, "-m", "maild.worker", *map(str, fds)],
+                                        stdin=subprocess.PIPE, pass_fds=fds)
+        assert self.process.stdin is not None
+        self.process.stdin.write(pickle.dumps(spec))  # the settings (with the secret) never touch a disk
+        self.process.stdin.close()
+        os.close(self._result_w)
+        os.close(self._wake_r)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def join(self, timeout: float) -> None:
+        if self.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
 
     def close(self) -> None:
         for c in (self.conn, self.wake_w):
             with contextlib.suppress(OSError):
                 c.close()
+        del self.waiting  # the mapping cannot close while a ctypes view holds it
+        with contextlib.suppress(Exception):
+            self._map.close()
+        self._shm.close()

@@ -88,7 +88,7 @@ class Sender:
 
     def _claim(self, limit: int) -> list[Job]:
         now = self.clock()
-        with transaction(self.engine) as session:
+        with transaction(self.engine, priority=True) as session:
             rows = repo.due_outbox(session, limit, now)
             jobs = [Job(r.id, r.recipient, r.raw, r.attempts, r.created_at) for r in rows]
             # Push them out of the window while we send, so another instance does not take them too.
@@ -101,7 +101,7 @@ class Sender:
         """results: (job, error or None, permanent)."""
         ob = self.settings.outbound
         now = self.clock()
-        with transaction(self.engine) as session:
+        with transaction(self.engine, priority=True) as session:
             for job, error, permanent in results:
                 row = session.get(OutboxItem, job.id)
                 if row is None:

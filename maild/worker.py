@@ -6,16 +6,17 @@ no longer takes the GIL from the event loop that answers SMTP clients, and it
 runs at a lower CPU priority (`nice`), so a burst is taken at the protocol's
 speed while the second core processes it.
 
-The parent keeps everything else (receivers, sender, web, jobs). They talk
-through pipes, signals and one shared integer, nothing that a killed process
-could leave locked (a multiprocessing Event or lock held by a process that
-was SIGKILLed blocks the other side for ever):
+The parent keeps everything else (receivers, sender, web, jobs) and starts
+this module as a plain child, `python -m maild.worker`, with the settings
+pickled on its stdin. They talk through pipes, signals and one shared
+integer, nothing that a killed process could leave locked (a multiprocessing
+Event held by a SIGKILLed process blocks the other side for ever):
 
 - `wake` (pipe, parent → worker): a byte when new inbox rows are committed;
   the parent writes without blocking (a full pipe already means "work").
 - SIGTERM: drain (process what is new, for up to `grace` seconds) and exit.
   SIGHUP: read the templates again.
-- `waiting` (shared int, no lock): a receiver waits to commit (SQLite's one
+- `waiting` (an int in a shared mapping, no lock): a receiver waits to commit (SQLite's one
   writer): the worker commits between two messages and lets it.
 - `conn` (pipe, worker → parent): "ready", then after each batch how many
   messages it took and the metric bumps it made, which the parent applies to
@@ -89,9 +90,25 @@ class _Flags:
     reload = False
 
 
+def cli() -> None:
+    """`python -m maild.worker RESULT_FD WAKE_FD SHM_FD`, the spec pickled on stdin (by maild.daemon)."""
+    import ctypes
+    import mmap
+    import pickle
+    import sys
+    from multiprocessing.connection import Connection
+
+    result_fd, wake_fd, shm_fd = (int(a) for a in sys.argv[1:4])
+    settings, instance, poll_seconds, grace, log_format, log_level = pickle.loads(sys.stdin.buffer.read())
+    shared = mmap.mmap(shm_fd, 8)
+    waiting = ctypes.c_int.from_buffer(shared)
+    main(settings, instance, Connection(result_fd, readable=False), Connection(wake_fd, writable=False), waiting,
+         poll_seconds, grace, log_format, log_level)
+
+
 def main(settings, instance: str, conn, wake, waiting, poll_seconds: float, grace: float,
          log_format: str, log_level: str) -> None:
-    """The worker process's entry point (spawned; every argument is picklable)."""
+    """The worker process's work: process the inbox until told to stop or orphaned."""
     from maild import logs
 
     flags = _Flags()
@@ -174,3 +191,7 @@ def send_wake(conn) -> None:
     """The parent's side: one wake-up, never blocking (a full pipe already says it)."""
     with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
         conn.send_bytes(b"w")
+
+
+if __name__ == "__main__":
+    cli()

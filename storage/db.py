@@ -182,9 +182,13 @@ def gate(engine: Engine) -> WriteGate:
 
 
 @contextlib.contextmanager
-def transaction(engine: Engine, *, autoflush: bool = True) -> Iterator[Session]:
-    """One unit of work: commits on success, rolls back on any error."""
+def transaction(engine: Engine, *, autoflush: bool = True, priority: bool = False) -> Iterator[Session]:
+    """One unit of work: commits on success, rolls back on any error.
+
+    `priority`: a short write that must not starve behind the processor (the outbox sender's
+    claims and delivery records); the processor commits between two messages to let it in.
+    """
     bind = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
-    with gate(engine).hold(), Session(bind, expire_on_commit=False, autoflush=autoflush) as session:
+    with gate(engine).hold(priority), Session(bind, expire_on_commit=False, autoflush=autoflush) as session:
         with session.begin():
             yield session
