@@ -397,7 +397,7 @@ class _WorkerHandle:
         self._shm.write(b"\0" * 8)
         self._shm.flush()
         self._map = mmap.mmap(self._shm.fileno(), 8)
-        self.waiting = ctypes.c_int.from_buffer(self._map)  # .value, like a multiprocessing RawValue
+        self.waiting = (ctypes.c_int * 2).from_buffer(self._map)  # WriteGate.shared: [urgent, priority]
         self.process: subprocess.Popen | None = None
 
     def start(self, spec: tuple) -> None:

@@ -61,6 +61,10 @@ from maild.thread import Candidates, TaggedTicket, addressed_to, tagged_ticket_i
 
 log = logging.getLogger(__name__)
 
+# How long the processor keeps SQLite's write lock while the outbox sender waits for it (a receiver
+# waiting to say 250 gets it after the message in hand).
+WRITE_SLICE_SECONDS = 0.05
+
 FIELDS = ("state", "category", "subcategory", "assignee", "priority", "language")
 
 
@@ -116,14 +120,15 @@ class Processor:
         while todo:
             # autoflush off: each message's SAVEPOINT release flushes, and apply() flushes where it reads back.
             with transaction(self.engine, autoflush=False) as session:
+                began = time.monotonic()
                 while todo:
                     item = session.get(InboxItem, todo.pop(0), with_for_update=True)
                     # Ours still? (not already taken as an overtaken parent, not recovered from us after
                     # a stall and re-claimed by another instance)
                     if item is not None and item.state == "processing" and item.claimed_by == self.instance:
                         self._process_guarded(session, item)
-                    if gate.waiting:
-                        break  # a receiver waits to commit: let it, then go on
+                    if gate.urgent or (gate.waiting and time.monotonic() - began > WRITE_SLICE_SECONDS):
+                        break  # a receiver waits to commit: let it now; the sender, after a slice
                     if todo and self._should_yield():
                         break
             if todo and self._should_yield():

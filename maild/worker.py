@@ -16,8 +16,8 @@ Event held by a SIGKILLed process blocks the other side for ever):
   the parent writes without blocking (a full pipe already means "work").
 - SIGTERM: drain (process what is new, for up to `grace` seconds) and exit.
   SIGHUP: read the templates again.
-- `waiting` (an int in a shared mapping, no lock): a receiver waits to commit (SQLite's one
-  writer): the worker commits between two messages and lets it.
+- `waiting` (two ints in a shared mapping, no lock): a receiver waits to commit (SQLite's one
+  writer): the worker commits between two messages and lets it; the sender waits: after a slice.
 - `conn` (pipe, worker → parent): "ready", then after each batch how many
   messages it took and the metric bumps it made, which the parent applies to
   its own registry (so /metrics stays one view), and "stopped".
@@ -101,7 +101,7 @@ def cli() -> None:
     result_fd, wake_fd, shm_fd = (int(a) for a in sys.argv[1:4])
     settings, instance, poll_seconds, grace, log_format, log_level = pickle.loads(sys.stdin.buffer.read())
     shared = mmap.mmap(shm_fd, 8)
-    waiting = ctypes.c_int.from_buffer(shared)
+    waiting = (ctypes.c_int * 2).from_buffer(shared)  # WriteGate.shared, as the parent maps it
     main(settings, instance, Connection(result_fd, readable=False), Connection(wake_fd, writable=False), waiting,
          poll_seconds, grace, log_format, log_level)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from importlib import resources
@@ -128,34 +129,47 @@ class WriteGate:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self._waiting = 0  # priority writers of this process queued or holding
-        # A multiprocessing Value shared with the processor's worker process (maild serve): the
-        # receivers of one process, the processor in the other, one SQLite writer between them.
+        self._waiting = [0, 0]  # this process's writers queued or holding: [urgent, priority]
+        # Two ints shared with the processor's worker process (maild serve; a ctypes array in a
+        # mapping both processes see): the same counts for the other process's writers.
         self.shared = None
         self._lock = threading.Lock()
         self._cond = threading.Condition()
 
+    def _counts(self):
+        # Shared: both processes' writers count there (each adds its own); else this process's.
+        return self.shared if self.shared is not None else self._waiting
+
     @property
     def waiting(self) -> int:
-        return self._waiting + (self.shared.value if self.shared is not None else 0)
+        """Writers that go before the processor: receivers (urgent) and the sender."""
+        counts = self._counts()
+        return counts[0] + counts[1]
 
-    def _shared_add(self, n: int) -> None:
-        # Called under self._cond: this process's threads add one at a time; the worker only reads.
+    @property
+    def urgent(self) -> int:
+        """Receivers waiting to commit before they answer 250: the processor lets them in at once."""
+        return self._counts()[0]
+
+    def _add(self, slot: int, n: int) -> None:
+        # Called under self._cond: this process's threads add one at a time (the worker only reads).
+        self._waiting[slot] += n
         if self.shared is not None:
-            self.shared.value += n
+            self.shared[slot] += n
 
     @contextlib.contextmanager
-    def hold(self, priority: bool = False) -> Iterator[None]:
+    def hold(self, priority: bool = False, urgent: bool = False) -> Iterator[None]:
         if not self.enabled:
             yield
             return
+        slot = 0 if urgent else 1
+        first = priority or urgent
         with self._cond:
-            if priority:
-                self._waiting += 1
-                self._shared_add(1)
+            if first:
+                self._add(slot, 1)
             else:
                 # threading.Lock is not fair: without this the processor, looping,
-                # would take the lock back before a waiting receiver wakes. A waiter in
+                # would take the lock back before a waiting writer wakes. A waiter in
                 # another process cannot notify us: look again every millisecond.
                 while self.waiting:
                     self._cond.wait(0.001 if self.shared is not None else None)
@@ -164,10 +178,9 @@ class WriteGate:
             yield
         finally:
             self._lock.release()
-            if priority:
+            if first:
                 with self._cond:
-                    self._waiting -= 1
-                    self._shared_add(-1)
+                    self._add(slot, -1)
                     self._cond.notify_all()
 
 
@@ -188,7 +201,47 @@ def transaction(engine: Engine, *, autoflush: bool = True, priority: bool = Fals
     `priority`: a short write that must not starve behind the processor (the outbox sender's
     claims and delivery records); the processor commits between two messages to let it in.
     """
-    bind = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
-    with gate(engine).hold(priority), Session(bind, expire_on_commit=False, autoflush=autoflush) as session:
-        with session.begin():
+    if engine.dialect.name != "sqlite":
+        with Session(engine, expire_on_commit=False, autoflush=autoflush) as session, session.begin():
             yield session
+        return
+    with gate(engine).hold(priority), engine.connect() as conn:
+        trans = begin_immediate(conn)
+        try:
+            with Session(conn, expire_on_commit=False, autoflush=autoflush) as session:
+                yield session
+                session.flush()
+        except BaseException:
+            trans.rollback()
+            raise
+        trans.commit()
+
+
+LOCK_WAIT_SECONDS = 30.0
+
+
+def begin_immediate(conn):
+    """BEGIN IMMEDIATE on a SQLite connection, trying again every half millisecond.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, … 100 ms between tries, so a writer could
+    wait far longer than the lock was held, and hold this process's write gate meanwhile (a
+    receiver queued behind it). The other process (the processor's worker) lets go between
+    two messages once it sees a writer waiting; here we take the lock at once when it does.
+    """
+    raw = conn.connection.driver_connection
+    raw.execute("PRAGMA busy_timeout=0")
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    try:
+        while True:
+            try:
+                return conn.execution_options(sqlite_begin="IMMEDIATE").begin()
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+                    raise
+                if conn.in_transaction():
+                    conn.rollback()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.0005)
+    finally:
+        raw.execute("PRAGMA busy_timeout=30000")

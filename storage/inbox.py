@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
 
 from maild.errors import TransientError
 from maild.parse import dedup_key
 from maild.storage import repo
-from maild.storage.db import gate
+from maild.storage.db import begin_immediate, gate
 from maild.storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -46,45 +44,24 @@ def inbox_row(raw: bytes, channel: str, mail_from: str | None, rcpt_tos: list[st
     }
 
 
-LOCK_WAIT_SECONDS = 30.0
-
-
 def store_now(engine: Engine, rows: list[dict]) -> None:
     """Insert and commit synchronously (the pipe receiver, and the writer thread)."""
     try:
-        with gate(engine).hold(priority=True):
+        with gate(engine).hold(urgent=True):
             if engine.dialect.name == "sqlite":
-                _store_sqlite(engine, rows)
+                with engine.connect() as conn:
+                    trans = begin_immediate(conn)
+                    try:
+                        repo.insert_inbox(conn, rows)
+                    except BaseException:
+                        trans.rollback()
+                        raise
+                    trans.commit()
             else:
                 with engine.begin() as conn:
                     repo.insert_inbox(conn, rows)
     except Exception as exc:  # the database is down, locked or full: the sender must retry
         raise TransientError(f"cannot store the message: {exc}") from exc
-
-
-def _store_sqlite(engine: Engine, rows: list[dict]) -> None:
-    """Take SQLite's write lock the moment another process (the processor's worker) lets it go.
-
-    SQLite's own busy handler sleeps 1, 2, 5, 10, … 100 ms between tries, so a receiver could wait
-    far longer than the writer held the lock; the worker commits as soon as it sees us waiting
-    (the shared gate), and here we try again every half millisecond instead.
-    """
-    deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    with engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        raw.execute("PRAGMA busy_timeout=0")
-        try:
-            while True:
-                try:
-                    with conn.execution_options(sqlite_begin="IMMEDIATE").begin():
-                        repo.insert_inbox(conn, rows)
-                    return
-                except OperationalError as exc:
-                    if "locked" not in str(exc.orig) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.0005)
-        finally:
-            raw.execute("PRAGMA busy_timeout=30000")
 
 
 class InboxWriter:

@@ -97,17 +97,17 @@ def test_worker_metric_bumps_replay_into_the_daemons_registry():
 
 
 def test_the_write_gate_sees_a_waiting_writer_of_another_process():
-    import multiprocessing
+    import ctypes
     import threading
 
     from maild.storage.db import WriteGate
 
-    shared = multiprocessing.get_context("spawn").RawValue("i", 0)
+    shared = (ctypes.c_int * 2)()  # as maild.daemon maps it for the worker: [urgent, priority]
     g = WriteGate(enabled=True)
     g.shared = shared
-    assert g.waiting == 0
-    shared.value = 1  # the other process's receiver waits
-    assert g.waiting == 1
+    assert g.waiting == 0 and g.urgent == 0
+    shared[0] = 1  # the other process's receiver waits
+    assert g.waiting == 1 and g.urgent == 1
     entered = threading.Event()
 
     def worker_writer():
@@ -117,9 +117,16 @@ def test_the_write_gate_sees_a_waiting_writer_of_another_process():
     t = threading.Thread(target=worker_writer)
     t.start()
     assert not entered.wait(0.2)  # the processor's write waits while a receiver does
-    shared.value = 0
+    shared[0] = 0
+    shared[1] = 1  # the other process's sender waits: not urgent, but the processor still lets it in
+    assert g.urgent == 0 and g.waiting == 1
+    assert not entered.wait(0.2)
+    shared[1] = 0
     assert entered.wait(2)
     t.join()
+    with g.hold(urgent=True):
+        assert shared[0] == 1 and g.urgent == 1  # ours are seen by the other process
+    assert shared[0] == 0
 
 
 async def test_the_sender_pauses_between_deliveries_while_receivers_are_busy(make_settings, engine, capture):
