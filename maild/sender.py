@@ -173,8 +173,9 @@ class Sender:
         try:
             for n, job in enumerate(jobs):
                 if n and self.receivers_busy():
-                    # Receivers first (limits.processor_yield_ms): each delivery costs a commit.
-                    await asyncio.sleep(self.settings.limits.processor_yield_ms / 1000)
+                    # Receivers first: while a burst comes in, one delivery per 10 x limits.processor_yield_ms
+                    # (each costs a commit, and CPU on the loop that answers SMTP); the rest right after.
+                    await asyncio.sleep(10 * self.settings.limits.processor_yield_ms / 1000)
                 raw = self.signer.sign(job.raw) if self.signer else job.raw
                 try:
                     await client.sendmail(bounce_address(self.settings, job.id), [job.recipient], raw)

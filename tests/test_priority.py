@@ -132,7 +132,7 @@ def test_the_write_gate_sees_a_waiting_writer_of_another_process():
 async def test_the_sender_pauses_between_deliveries_while_receivers_are_busy(make_settings, engine, capture):
     from maild.sender import Sender
 
-    settings = make_settings(outbound={"port": capture.port}, limits={"processor_yield_ms": 80})
+    settings = make_settings(outbound={"port": capture.port}, limits={"processor_yield_ms": 10})
     _store(engine, 3)
     Processor(settings, engine).run_batch()  # three opened notices (and no group: no staff) queued
     sender = Sender(settings, engine)
@@ -140,7 +140,7 @@ async def test_the_sender_pauses_between_deliveries_while_receivers_are_busy(mak
         sender.receivers_busy = lambda: True
         t0 = time.monotonic()
         assert await sender.send_due() == 3
-        assert time.monotonic() - t0 >= 0.16  # a pause before the second and the third
+        assert time.monotonic() - t0 >= 0.2  # 10 x 10 ms before the second and before the third
         assert len(capture.messages) == 3
     finally:
         sender.close()
