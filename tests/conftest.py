@@ -12,6 +12,7 @@ import contextlib
 import os
 import smtplib
 import socket
+import sys
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -59,6 +60,16 @@ def serve_config(path: Path, db_url: str, *, smtp_port: int = 0, smarthost: int 
         cfg = cfg.replace(old, new, 1)
     path.write_text(cfg)
     return path
+
+
+async def start_serve(config: Path) -> asyncio.subprocess.Process:
+    """`maild init`, then `maild serve` on this config as an operator runs them (stderr piped)."""
+    env = {**os.environ, "MAILD_CONFIG": str(config)}
+    init = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "init", env=env,
+                                                stdout=asyncio.subprocess.DEVNULL)
+    assert await init.wait() == 0
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "serve", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
 
 
 def shipped_config() -> dict:

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import signal
-import sys
 import urllib.request
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -23,7 +22,7 @@ from maild.cli.main import app, normalize_args
 from maild.process import Processor
 from maild.storage.inbox import inbox_row, store_now
 from maild.storage.models import InboxItem, Journal, OutboxItem, Staff, Ticket, utcnow
-from tests.conftest import ROOT, free_port, make_mail, send, serve_config, wait_until
+from tests.conftest import ROOT, free_port, make_mail, send, serve_config, start_serve, wait_until
 
 REQ = "ana.secreta@cliente.es"
 SECRET_BODY = "Mi número de cuenta es ES9121000418450200051332"
@@ -272,12 +271,7 @@ def test_check_cli_exits_1_when_a_part_fails(cfg_and_engine):
 async def test_sigterm_during_an_smtp_transaction_loses_nothing(tmp_path, db_url, capture):
     port = free_port()
     serve_config(tmp_path / "config.toml", db_url, smtp_port=port, smarthost=capture.port)
-    env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml")}
-    init = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "init", env=env,
-                                                stdout=asyncio.subprocess.DEVNULL)
-    assert await init.wait() == 0
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "serve", env=env,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await start_serve(tmp_path / "config.toml")
     try:
         for _ in range(200):
             try:

@@ -5,20 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 
-from tests.conftest import ROOT, free_port, make_mail, send, serve_config
+from tests.conftest import ROOT, free_port, make_mail, send, serve_config, start_serve
 
 
 async def test_serve_answers_a_consulta_and_stops_gracefully_on_sigterm(tmp_path, db_url, capture):
     port = free_port()
     serve_config(tmp_path / "config.toml", db_url, smtp_port=port, smarthost=capture.port, kb_dir=str(ROOT / "kb"))
-    env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml")}
-    init = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "init", env=env,
-                                                stdout=asyncio.subprocess.DEVNULL)
-    assert await init.wait() == 0
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "serve", env=env,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await start_serve(tmp_path / "config.toml")
     try:
         for _ in range(200):
             try:
@@ -75,12 +69,7 @@ async def test_the_processor_runs_in_its_own_process_restarted_if_it_dies(tmp_pa
     port, web = free_port(), free_port()
     serve_config(tmp_path / "config.toml", db_url, smtp_port=port, smarthost=capture.port,
                  extra={'listen = "127.0.0.1:0"': f'listen = "127.0.0.1:{web}"'})
-    env = {**os.environ, "MAILD_CONFIG": str(tmp_path / "config.toml")}
-    init = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "init", env=env,
-                                                stdout=asyncio.subprocess.DEVNULL)
-    assert await init.wait() == 0
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "maild", "serve", env=env,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await start_serve(tmp_path / "config.toml")
     log = _Lines(proc.stderr)
     try:
         line = await log.wait_for("processor running in its own process")
