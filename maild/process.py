@@ -61,6 +61,16 @@ from maild.thread import Candidates, TaggedTicket, addressed_to, tagged_ticket_i
 
 log = logging.getLogger(__name__)
 
+# A reply whose parent another instance is processing waits for it: tried again after this, for at
+# most PARENT_WAIT_SECONDS after it was received (then it is threaded as it stands).
+PARENT_RETRY_SECONDS = 0.5
+PARENT_WAIT_SECONDS = 120.0
+
+
+class _WaitForParent(Exception):
+    pass
+
+
 # How long the processor keeps SQLite's write lock while the outbox sender waits for it (a receiver
 # waiting to say 250 gets it after the message in hand).
 WRITE_SLICE_SECONDS = 0.05
@@ -197,6 +207,11 @@ class Processor:
             try:
                 with session.begin_nested():
                     self.process(session, item)
+            except _WaitForParent as wait:
+                # Not a failure: back in the queue shortly, no attempt counted.
+                item.state, item.claimed_by, item.error = "new", "", str(wait)
+                item.next_attempt_at = self.clock() + dt.timedelta(seconds=PARENT_RETRY_SECONDS)
+                log.info("inbox %s waits for the message it answers, in process elsewhere", item.id)
             except Exception as exc:
                 self._failed(session, item, exc)
             session.add(item)
@@ -267,6 +282,11 @@ class Processor:
                 self._process_guarded(session, parent)
             if parents:
                 known = repo.tickets_for_message_ids(session, parsed.thread_ids)
+            if not known and now - item.received_at < dt.timedelta(seconds=PARENT_WAIT_SECONDS) \
+                    and repo.parents_in_process_elsewhere(session, parsed.thread_ids, item.id, self.instance):
+                # Another instance (or worker) holds the message this one answers: threading now would
+                # open a second ticket for one conversation. Wait for it, within reason.
+                raise _WaitForParent("waiting for the message it answers (in process by another instance)")
         cand = Candidates(known, tagged, sender_is_staff)
         th = thread(settings, parsed, item.rcpt_tos, cand)
         ticket = session.get(Ticket, th.ticket_id) if th.ticket_id is not None else None

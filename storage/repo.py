@@ -80,6 +80,20 @@ def unprocessed_parents(session: Session, message_ids: Iterable[str], exclude_id
     return list(session.exec(stmt))
 
 
+def parents_in_process_elsewhere(session: Session, message_ids: Iterable[str], exclude_id: int,
+                                 instance: str) -> bool:
+    """Is a message with one of these Message-IDs in the inbox and claimed, or locked, by someone else?"""
+    ids = [i for i in message_ids if i]
+    if not ids:
+        return False
+    stmt = (
+        select(func.count()).select_from(InboxItem)
+        .where(col(InboxItem.message_id).in_(ids), col(InboxItem.state).in_(("new", "processing")),
+               InboxItem.id != exclude_id, InboxItem.claimed_by != instance)
+    )
+    return session.exec(stmt).one() > 0
+
+
 def pending_inbox_count(session: Session) -> int:
     return session.exec(select(func.count()).select_from(InboxItem).where(InboxItem.state == "new")).one()
 
