@@ -272,7 +272,7 @@ class Daemon:
         from maild.storage.db import gate
 
         w = self._worker = _WorkerHandle()
-        gate(self.engine).shared = w.waiting
+        gate(self.engine).share(w.waiting)
         w.start((self.settings, self.processor.instance, self.poll_seconds, self.grace_seconds,
                  logs.current_format(), logs.current_level()))
         loop = asyncio.get_running_loop()

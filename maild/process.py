@@ -137,7 +137,7 @@ class Processor:
                     # a stall and re-claimed by another instance)
                     if item is not None and item.state == "processing" and item.claimed_by == self.instance:
                         self._process_guarded(session, item)
-                    if gate.urgent or (gate.waiting and time.monotonic() - began > WRITE_SLICE_SECONDS):
+                    if gate.urgent > 0 or (gate.waiting > 0 and time.monotonic() - began > WRITE_SLICE_SECONDS):
                         break  # a receiver waits to commit: let it now; the sender, after a slice
                     if todo and self._should_yield():
                         break

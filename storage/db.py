@@ -136,6 +136,12 @@ class WriteGate:
         self._lock = threading.Lock()
         self._cond = threading.Condition()
 
+    def share(self, counts) -> None:
+        """Publish this process's counts in `counts` (a new worker's mapping) from now on."""
+        with self._cond:
+            counts[0], counts[1] = self._waiting  # writers holding now release into the new mapping
+            self.shared = counts
+
     def _counts(self):
         # Shared: both processes' writers count there (each adds its own); else this process's.
         return self.shared if self.shared is not None else self._waiting
@@ -171,7 +177,7 @@ class WriteGate:
                 # threading.Lock is not fair: without this the processor, looping,
                 # would take the lock back before a waiting writer wakes. A waiter in
                 # another process cannot notify us: look again every millisecond.
-                while self.waiting:
+                while self.waiting > 0:
                     self._cond.wait(0.001 if self.shared is not None else None)
         self._lock.acquire()
         try:

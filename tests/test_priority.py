@@ -144,3 +144,17 @@ async def test_the_sender_pauses_between_deliveries_while_receivers_are_busy(mak
         assert len(capture.messages) == 3
     finally:
         sender.close()
+
+
+def test_a_new_workers_mapping_starts_with_the_writers_holding_now():
+    import ctypes
+
+    from maild.storage.db import WriteGate
+
+    g = WriteGate(enabled=True)
+    g.share((ctypes.c_int * 2)())
+    with g.hold(urgent=True):
+        fresh = (ctypes.c_int * 2)()  # the worker died and was restarted while a receiver held the gate
+        g.share(fresh)
+        assert list(fresh) == [1, 0]
+    assert list(fresh) == [0, 0] and g.waiting == 0  # released into the new mapping: never below zero
