@@ -127,6 +127,7 @@ def main(settings, instance: str, conn, wake, waiting, poll_seconds: float, grac
     parent = os.getppid()
     engine = make_engine(settings.database.url, settings.base_dir, synchronous="NORMAL")
     gate(engine).shared = waiting
+    gate(engine).give_up = lambda: os.getppid() != parent  # killed mid-write, it cannot lower its count
     recorder = Recorder()
     processor = Processor(settings, engine, Renderer(), metrics=recorder)
     processor.instance = instance
@@ -147,8 +148,13 @@ def main(settings, instance: str, conn, wake, waiting, poll_seconds: float, grac
 
 
 def _batch(processor, recorder: Recorder, conn) -> int:
+    from maild.errors import TransientError
+
     try:
         taken = processor.run_batch()
+    except TransientError as exc:
+        log.warning("processing batch not done: %s", exc)
+        taken = 0
     except Exception:
         log.exception("processing batch failed; retrying")
         taken = 0

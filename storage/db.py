@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -133,6 +133,8 @@ class WriteGate:
         # Two ints shared with the processor's worker process (maild serve; a ctypes array in a
         # mapping both processes see): the same counts for the other process's writers.
         self.shared = None
+        # The worker's way out of a count its parent left behind when it was killed mid-write.
+        self.give_up: Callable[[], bool] | None = None
         self._lock = threading.Lock()
         self._cond = threading.Condition()
 
@@ -178,6 +180,8 @@ class WriteGate:
                 # would take the lock back before a waiting writer wakes. A waiter in
                 # another process cannot notify us: look again every millisecond.
                 while self.waiting > 0:
+                    if self.give_up is not None and self.give_up():
+                        raise TransientError("the daemon that shares this database's writer is gone")
                     self._cond.wait(0.001 if self.shared is not None else None)
         self._lock.acquire()
         try:

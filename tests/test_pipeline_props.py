@@ -169,6 +169,8 @@ def test_sigkill_while_a_client_sends_500_messages(tmp_path, db_url):
         for n in range(500):
             mid = f"k{n}@cliente.es"
             if n == 250:
+                workers = [int(c) for t in Path(f"/proc/{proc.pid}/task").iterdir()
+                           for c in (t / "children").read_text().split()]
                 proc.send_signal(signal.SIGKILL)  # no goodbye, mid-stream
             try:
                 client.sendmail(f"u{n}@cliente.es", ["consultas@example.org"],
@@ -183,6 +185,11 @@ def test_sigkill_while_a_client_sends_500_messages(tmp_path, db_url):
             pass
     assert 200 <= len(accepted) < 500
     proc.wait()
+    assert workers  # the processor's worker process ...
+    deadline = time.monotonic() + 15
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(w) for w in workers)  # ... does not outlive a killed daemon
     proc = serve()
     try:
         from maild.storage.db import make_engine
@@ -205,3 +212,11 @@ def test_sigkill_while_a_client_sends_500_messages(tmp_path, db_url):
     assert len(stored) == len(set(stored)) and len(inbound) == len(set(inbound))  # exactly once
     assert set(inbound) == set(stored)
     assert opened == len(set(stored))
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return "zombie" not in fh.read()
+    except FileNotFoundError:
+        return False

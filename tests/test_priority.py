@@ -158,3 +158,19 @@ def test_a_new_workers_mapping_starts_with_the_writers_holding_now():
         g.share(fresh)
         assert list(fresh) == [1, 0]
     assert list(fresh) == [0, 0] and g.waiting == 0  # released into the new mapping: never below zero
+
+
+def test_an_orphaned_worker_gives_up_a_count_its_dead_parent_left():
+    import ctypes
+
+    import pytest
+
+    from maild.errors import TransientError
+    from maild.storage.db import WriteGate
+
+    g = WriteGate(enabled=True)
+    g.shared = (ctypes.c_int * 2)(1, 0)  # the parent was killed while a receiver held the gate
+    g.give_up = lambda: True  # its parent pid changed
+    with pytest.raises(TransientError, match="is gone"):
+        with g.hold():
+            pass
