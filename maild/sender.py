@@ -81,10 +81,8 @@ class Sender:
         self.failures = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maild-outbox")
         self._outage_logged = False
-        self._pending: list[tuple[Job, str | None, bool]] = []
         self.stopping = False  # the run loop ends after the batch in hand (the daemon drains the rest)
         self.receivers_busy: Callable[[], bool] = lambda: False  # set by the daemon (SMTP transactions open)
-        self._flush_task: asyncio.Future | None = None
 
     def _claim(self, limit: int) -> list[Job]:
         now = self.clock()
@@ -125,16 +123,6 @@ class Sender:
                         delay = min(ob.retry_base_seconds * 2 ** (row.attempts - 1), ob.retry_max_seconds)
                         row.next_attempt_at = now + dt.timedelta(seconds=delay)
                 session.add(row)
-
-    def _note_sent(self, job: Job) -> None:
-        self._pending.append((job, None, False))
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.ensure_future(self._flush())
-
-    async def _flush(self) -> None:
-        while self._pending:  # everything delivered since the last commit, in one transaction
-            batch, self._pending = self._pending, []
-            await self._db(self._record, batch)
 
     def _count_failure(self, permanent: bool) -> None:
         self.failures += 1
@@ -181,12 +169,9 @@ class Sender:
                     await client.sendmail(bounce_address(self.settings, job.id), [job.recipient], raw)
                     self.sent += 1
                     self.metrics.sent.inc()
-                    # Record each delivery right away, group-committed in the background while the next
-                    # one is sent: a crash now can resend at most what is still in this short queue.
-                    # Record the delivery before the next one: a crash can resend at most this message.
+                    # Record the delivery before sending the next one: a crash can resend at most this message.
                     recorded.append(job.id)
-                    self._note_sent(job)
-                    await self._flush_task
+                    await self._db(self._record, [(job, None, False)])
                 except aiosmtplib.SMTPRecipientsRefused as exc:
                     code = exc.recipients[0].code if exc.recipients else 450
                     results.append((job, f"{code} {exc}", 500 <= code < 600))
@@ -201,8 +186,6 @@ class Sender:
                     self._count_failure(results[-1][2])
                     break
         finally:
-            if self._flush_task is not None:
-                await self._flush_task
             done = {j.id for j, _, _ in results} | set(recorded)
             results += [(j, "not tried: connection closed", False) for j in jobs if j.id not in done]
             await self._db(self._record, results)

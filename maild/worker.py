@@ -126,7 +126,7 @@ def main(settings, instance: str, conn, wake, waiting, poll_seconds: float, grac
 
     parent = os.getppid()
     engine = make_engine(settings.database.url, settings.base_dir, synchronous="NORMAL")
-    gate(engine).shared = waiting
+    gate(engine).shared = waiting  # read the parent's counts (share() would reset them to ours)
     gate(engine).give_up = lambda: os.getppid() != parent  # killed mid-write, it cannot lower its count
     recorder = Recorder()
     processor = Processor(settings, engine, Renderer(), metrics=recorder)

@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -205,6 +205,27 @@ def gate(engine: Engine) -> WriteGate:
 
 
 @contextlib.contextmanager
+def write_connection(engine: Engine, *, priority: bool = False, urgent: bool = False) -> Iterator[Connection]:
+    """A connection in a write transaction, in its turn at the write gate: commits on success.
+
+    On SQLite the write lock is taken up front (BEGIN IMMEDIATE, see begin_immediate);
+    `urgent` is a receiver about to say 250, `priority` the outbox sender (see WriteGate).
+    """
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    with gate(engine).hold(priority, urgent), engine.connect() as conn:
+        trans = begin_immediate(conn)
+        try:
+            yield conn
+        except BaseException:
+            trans.rollback()
+            raise
+        trans.commit()
+
+
+@contextlib.contextmanager
 def transaction(engine: Engine, *, autoflush: bool = True, priority: bool = False) -> Iterator[Session]:
     """One unit of work: commits on success, rolls back on any error.
 
@@ -215,16 +236,10 @@ def transaction(engine: Engine, *, autoflush: bool = True, priority: bool = Fals
         with Session(engine, expire_on_commit=False, autoflush=autoflush) as session, session.begin():
             yield session
         return
-    with gate(engine).hold(priority), engine.connect() as conn:
-        trans = begin_immediate(conn)
-        try:
-            with Session(conn, expire_on_commit=False, autoflush=autoflush) as session:
-                yield session
-                session.flush()
-        except BaseException:
-            trans.rollback()
-            raise
-        trans.commit()
+    with write_connection(engine, priority=priority) as conn, \
+            Session(conn, expire_on_commit=False, autoflush=autoflush) as session:
+        yield session
+        session.flush()
 
 
 LOCK_WAIT_SECONDS = 30.0

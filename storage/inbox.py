@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from maild.errors import TransientError
 from maild.parse import dedup_key
 from maild.storage import repo
-from maild.storage.db import begin_immediate, gate
+from maild.storage.db import write_connection
 from maild.storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,8 @@ def inbox_row(raw: bytes, channel: str, mail_from: str | None, rcpt_tos: list[st
 def store_now(engine: Engine, rows: list[dict]) -> None:
     """Insert and commit synchronously (the pipe receiver, and the writer thread)."""
     try:
-        with gate(engine).hold(urgent=True):
-            if engine.dialect.name == "sqlite":
-                with engine.connect() as conn:
-                    trans = begin_immediate(conn)
-                    try:
-                        repo.insert_inbox(conn, rows)
-                    except BaseException:
-                        trans.rollback()
-                        raise
-                    trans.commit()
-            else:
-                with engine.begin() as conn:
-                    repo.insert_inbox(conn, rows)
+        with write_connection(engine, urgent=True) as conn:
+            repo.insert_inbox(conn, rows)
     except Exception as exc:  # the database is down, locked or full: the sender must retry
         raise TransientError(f"cannot store the message: {exc}") from exc
 

@@ -174,3 +174,38 @@ def test_an_orphaned_worker_gives_up_a_count_its_dead_parent_left():
     with pytest.raises(TransientError, match="is gone"):
         with g.hold():
             pass
+
+
+def test_a_writer_waits_for_sqlites_lock_and_gets_it_when_freed(tmp_path):
+    import sqlite3
+    import threading
+
+    from sqlalchemy import text
+
+    from maild.storage.db import make_engine, upgrade, write_connection
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    upgrade(engine)
+    other = sqlite3.connect(tmp_path / "m.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock ...
+    threading.Timer(0.3, lambda: other.execute("COMMIT")).start()  # ... for 0.3 s
+    t0 = time.monotonic()
+    with write_connection(engine, urgent=True) as conn:  # retried, not refused at once
+        conn.execute(text("UPDATE imap_state SET uidvalidity = 0 WHERE 0"))
+        assert time.monotonic() - t0 >= 0.25
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000  # restored for the others
+    other.close()
+    engine.dispose()
+
+
+def test_the_workers_engine_skips_its_own_fsync_but_receivers_do_not(tmp_path):
+    from maild.storage.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    worker, receivers = make_engine(url, synchronous="NORMAL"), make_engine(url)
+    with worker.connect() as a, receivers.connect() as b:
+        assert a.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert b.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    worker.dispose()
+    receivers.dispose()
